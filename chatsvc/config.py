@@ -1,0 +1,356 @@
+"""Configuration: one home per setting, with its default and its validator.
+
+``load(path)`` reads a TOML file and returns a frozen :class:`Config`; any problem
+raises :class:`ConfigError` naming the file, the key, what was expected and what
+was found.  ``find_config_path`` implements the lookup order documented in the
+README (``--config``, ``$CHATSVC_CONFIG``, ``/etc/chatsvc/chatsvc.toml``,
+built-in defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from chatsvc.errors import ConfigError
+from chatsvc.protocol import NAME_RE
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on the oldest supported Python
+    import tomli as tomllib
+
+SYSTEM_CONFIG = Path("/etc/chatsvc/chatsvc.toml")
+ENV_CONFIG = "CHATSVC_CONFIG"
+DEFAULT_ROOMS = ("lobby", "work", "support", "team")
+RESERVED_ROOMS = frozenset({"private"})
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 6321
+    max_clients: int = 10000
+    max_clients_per_ip: int = 100
+    listen_backlog: int = 1024
+    shutdown_grace: float = 5.0
+
+
+@dataclass(frozen=True)
+class RoomsConfig:
+    names: tuple[str, ...] = DEFAULT_ROOMS
+    default: str = "lobby"
+    announce_limit: int = 100
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_line_bytes: int = 2048
+    name_max_length: int = 32
+    send_queue_bytes: int = 65536
+    flood_rate: float = 5.0
+    flood_burst: int = 20
+    flood_strikes: int = 20
+    idle_timeout: float = 3600.0
+    login_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "auto"
+    log_messages: bool = False
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    socket: str = ""
+    mode: int = 0o660
+    group: str = ""
+    uids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    rooms: RoomsConfig = field(default_factory=RoomsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    source: Optional[str] = None  # the file it came from; None for built-in defaults
+
+
+# --- validators -------------------------------------------------------------
+# Each takes (raw value, raise_error) and returns the value to store.  The
+# ``bad`` callback raises ConfigError with the expectation text.
+
+Bad = Callable[[str], ConfigError]
+Validator = Callable[[Any, Bad], Any]
+
+
+def _int(lo: int, hi: int) -> Validator:
+    def check(v: Any, bad: Bad) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise bad(f"an integer from {lo} to {hi}")
+        return v
+
+    return check
+
+
+def _number(lo: float, hi: float) -> Validator:
+    def check(v: Any, bad: Bad) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise bad(f"a number from {lo:g} to {hi:g}")
+        return float(v)
+
+    return check
+
+
+def _bool(v: Any, bad: Bad) -> bool:
+    if not isinstance(v, bool):
+        raise bad("true or false")
+    return v
+
+
+def _choice(*options: str) -> Validator:
+    def check(v: Any, bad: Bad) -> str:
+        if not isinstance(v, str) or v.lower() not in options:
+            raise bad("one of " + ", ".join(f'"{o}"' for o in options))
+        return v.lower()
+
+    return check
+
+
+def _host(v: Any, bad: Bad) -> str:
+    if not isinstance(v, str) or not v:
+        raise bad('an IP address or host name, e.g. "127.0.0.1"')
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        labels = v.rstrip(".").split(".")
+        if not all(lbl and len(lbl) <= 63 and lbl.replace("-", "").isalnum() for lbl in labels):
+            raise bad('an IP address or host name, e.g. "127.0.0.1"') from None
+    return v
+
+
+def _str(v: Any, bad: Bad) -> str:
+    if not isinstance(v, str):
+        raise bad("a string")
+    return v
+
+
+def _room_name(v: Any, bad: Bad) -> str:
+    if not isinstance(v, str) or not NAME_RE.fullmatch(v) or len(v) > 32:
+        raise bad("a room name of 1-32 letters, digits, '_', '-', '.'")
+    if v.lower() in RESERVED_ROOMS:
+        raise bad(f"a room name other than the reserved {sorted(RESERVED_ROOMS)}")
+    return v
+
+
+def _room_list(v: Any, bad: Bad) -> tuple[str, ...]:
+    if not isinstance(v, list) or not v:
+        raise bad("a non-empty list of room names")
+    names = tuple(_room_name(n, bad) for n in v)
+    folded = [n.casefold() for n in names]
+    dupes = sorted({n for n in folded if folded.count(n) > 1})
+    if dupes:
+        raise bad(f"room names without duplicates (duplicated: {', '.join(dupes)})")
+    return names
+
+
+def _mode(v: Any, bad: Bad) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0o777 or v & 0o007:
+        raise bad("a file mode like 0o660 with no permissions for others")
+    return v
+
+
+def _uids(v: Any, bad: Bad) -> tuple[int, ...]:
+    if not isinstance(v, list) or not all(
+        isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in v
+    ):
+        raise bad("a list of numeric user ids")
+    return tuple(v)
+
+
+SCHEMA: dict[str, tuple[type[Any], dict[str, Validator]]] = {
+    "server": (
+        ServerConfig,
+        {
+            "host": _host,
+            "port": _int(0, 65535),
+            "max_clients": _int(1, 1_000_000),
+            "max_clients_per_ip": _int(0, 1_000_000),
+            "listen_backlog": _int(1, 65535),
+            "shutdown_grace": _number(0, 3600),
+        },
+    ),
+    "rooms": (
+        RoomsConfig,
+        {"names": _room_list, "default": _room_name, "announce_limit": _int(0, 1_000_000)},
+    ),
+    "limits": (
+        LimitsConfig,
+        {
+            "max_line_bytes": _int(64, 1_048_576),
+            "name_max_length": _int(1, 64),
+            "send_queue_bytes": _int(4096, 1 << 30),
+            "flood_rate": _number(0.01, 1e9),
+            "flood_burst": _int(1, 1_000_000_000),
+            "flood_strikes": _int(0, 1_000_000),
+            "idle_timeout": _number(0, 30 * 86400),
+            "login_timeout": _number(1, 3600),
+        },
+    ),
+    "logging": (
+        LoggingConfig,
+        {
+            "level": _choice(*LOG_LEVELS),
+            "format": _choice(*LOG_FORMATS),
+            "log_messages": _bool,
+        },
+    ),
+    "admin": (
+        AdminConfig,
+        {"socket": _str, "mode": _mode, "group": _str, "uids": _uids},
+    ),
+}
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, dict):
+        return "a table"
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(_describe(x) for x in v) + "]"
+    return repr(v)
+
+
+def from_mapping(data: Mapping[str, Any], source: str | None = None) -> Config:
+    """Validate a parsed TOML document (or any mapping of the same shape)."""
+    where = source or "<built-in>"
+    sections: dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(
+                where,
+                section,
+                "one of the sections " + ", ".join(f"[{s}]" for s in SCHEMA),
+                "an unknown section",
+            )
+        if not isinstance(body, dict):
+            raise ConfigError(where, section, "a table", _describe(body))
+        cls, validators = SCHEMA[section]
+        values: dict[str, Any] = {}
+        for key, raw in body.items():
+            dotted = f"{section}.{key}"
+            if key not in validators:
+                raise ConfigError(
+                    where, dotted, "one of " + ", ".join(validators), "an unknown key"
+                )
+
+            def bad(expected: str, dotted: str = dotted, raw: Any = raw) -> ConfigError:
+                return ConfigError(where, dotted, expected, _describe(raw))
+
+            values[key] = validators[key](raw, bad)
+        sections[section] = cls(**values)
+    cfg = Config(**sections, source=source)
+    if cfg.rooms.default not in cfg.rooms.names:
+        raise ConfigError(
+            where,
+            "rooms.default",
+            "one of the rooms in rooms.names (" + ", ".join(cfg.rooms.names) + ")",
+            repr(cfg.rooms.default),
+        )
+    return cfg
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate one TOML file."""
+    where = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(where, "-", "an existing TOML file", "no such file") from None
+    except PermissionError:
+        raise ConfigError(where, "-", "a readable file", "permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(where, "-", "a TOML file", "a directory") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(where, "-", "valid TOML", str(exc)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(where, "-", "UTF-8 TOML text", "undecodable bytes") from None
+    return from_mapping(data, where)
+
+
+def find_config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The file to read, by the documented lookup order; None means built-in defaults."""
+    env = os.environ if environ is None else environ
+    if explicit:
+        return explicit
+    if env.get(ENV_CONFIG):
+        return env[ENV_CONFIG]
+    if SYSTEM_CONFIG.is_file():
+        return str(SYSTEM_CONFIG)
+    return None
+
+
+def load_effective(explicit: str | None) -> Config:
+    path = find_config_path(explicit)
+    return load(path) if path else Config()
+
+
+def with_overrides(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """A copy with some values replaced, validated like file values."""
+    data = to_mapping(cfg)
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return from_mapping(data, cfg.source)
+
+
+def to_mapping(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The effective settings as plain data (lists for tuples), e.g. for printing."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in SCHEMA:
+        values = dataclasses.asdict(getattr(cfg, section))
+        out[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return out
+
+
+def render_toml(cfg: Config) -> str:
+    """The effective config as TOML text (what ``--check-config`` prints)."""
+    lines = [f"# effective configuration (source: {cfg.source or 'built-in defaults'})"]
+    for section, values in to_mapping(cfg).items():
+        lines.append(f"\n[{section}]")
+        for key, v in values.items():
+            lines.append(f"{key} = {_toml_value(key, v)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(key: str, v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if key == "mode" and isinstance(v, int):
+        return oct(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value("", x) for x in v) + "]"
+    return repr(v)
+
+
+def diff(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every effective setting that differs."""
+    a, b = to_mapping(old), to_mapping(new)
+    return [(f"{s}.{k}", a[s][k], b[s][k]) for s in a for k in a[s] if a[s][k] != b[s][k]]

@@ -1,0 +1,209 @@
+"""The wire protocol as pure functions: bytes in, commands out; server lines out.
+
+Nothing here touches a socket, so all of it is unit-tested (and fuzzed) without
+I/O.  ``docs/protocol.md`` is the prose version of this module.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, Union
+
+NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
+RESERVED_NAMES = frozenset(
+    {"server", "admin", "system", "root", "chatsvc", "operator", "everyone", "nobody"}
+)
+# C0 controls except TAB, DEL and the C1 range: they could drive other users' terminals.
+_CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+MAX_NAME_TRIES = 5
+
+HELP_LINES = (
+    "commands:",
+    "  /rooms            list rooms and how many are in each",
+    "  /join ROOM        move to another room",
+    "  /who              who is in your room",
+    "  /msg NAME TEXT    private message",
+    "  /help             this help",
+    "  /quit or bye      leave",
+    "  //text            send a line starting with '/'",
+)
+
+
+class Overlong:
+    """Marker for a line that exceeded the limit (it was discarded, not buffered)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "OVERLONG"
+
+
+OVERLONG = Overlong()
+Frame = Union[bytes, Overlong]
+
+
+class LineSplitter:
+    """Splits a byte stream into lines of at most ``limit`` bytes.
+
+    A line that grows past the limit is reported once as ``OVERLONG`` and its
+    remaining bytes are dropped as they arrive until the next newline, so memory
+    stays bounded by the limit whatever the peer sends.
+    """
+
+    __slots__ = ("_buf", "_discarding", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._buf = b""
+        self._discarding = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished line held (bounded by limit + 1)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        out: list[Frame] = []
+        limit = self.limit
+        start = 0
+        find = data.find
+        while True:
+            nl = find(b"\n", start)
+            if nl < 0:
+                break
+            if self._discarding:
+                self._discarding = False  # the overlong line ended; already reported
+            else:
+                end = nl - 1 if nl > start and data[nl - 1] == 13 else nl  # strip \r
+                out.append(data[start:end] if end - start <= limit else OVERLONG)
+            start = nl + 1
+        if not self._discarding:
+            rest = data[start:]
+            if len(rest) > limit + 1:  # +1: the \r of a \r\n may be all that is missing
+                self._discarding = True
+                out.append(OVERLONG)
+            else:
+                self._buf = rest
+        return out
+
+
+class DecodeError(ValueError):
+    """A line that is not acceptable text; the message is for the client."""
+
+
+def decode(raw: bytes) -> str:
+    """Bytes of one line (terminator removed) to text, or DecodeError."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError("invalid UTF-8; line discarded (set your terminal to UTF-8)") from None
+    if _CONTROL_RE.search(text):
+        raise DecodeError("control characters are not allowed; line discarded")
+    return text
+
+
+class Command(NamedTuple):
+    """A parsed client line. ``kind`` selects the session's ``cmd_<kind>`` handler."""
+
+    kind: str
+    arg: str = ""
+    text: str = ""
+
+
+EMPTY = Command("empty")
+COMMAND_USAGE = {
+    "rooms": "/rooms",
+    "join": "/join ROOM",
+    "who": "/who",
+    "msg": "/msg NAME TEXT",
+    "help": "/help",
+    "quit": "/quit",
+}
+
+
+def parse(text: str) -> Command:
+    """Classify one decoded line after login."""
+    stripped = text.strip()
+    if not stripped:
+        return EMPTY
+    if stripped.lower() == "bye":
+        return Command("quit")
+    if not text.startswith("/"):
+        return Command("chat", text=text)
+    if text.startswith("//"):
+        return Command("chat", text=text[1:])
+    word, _, rest = text[1:].partition(" ")
+    kind = word.lower()
+    rest = rest.strip()
+    if kind not in COMMAND_USAGE:
+        return Command("unknown", arg="/" + word)
+    if kind == "join":
+        return Command("join", arg=rest) if rest and " " not in rest else _usage(kind)
+    if kind == "msg":
+        target, _, body = rest.partition(" ")
+        body = body.strip()
+        return Command("msg", arg=target, text=body) if target and body else _usage(kind)
+    if rest:
+        return _usage(kind)
+    return Command(kind)
+
+
+def _usage(kind: str) -> Command:
+    return Command("usage", arg=COMMAND_USAGE[kind])
+
+
+def check_name(name: str, max_length: int) -> str | None:
+    """Why ``name`` is not a valid user name, or None if it is."""
+    if not name:
+        return "a name is required"
+    if len(name) > max_length:
+        return f"name too long (at most {max_length} characters)"
+    if not NAME_RE.fullmatch(name):
+        return "invalid name: use letters, digits, '_', '-' and '.' only"
+    if name.lower() in RESERVED_NAMES:
+        return f"the name {name!r} is reserved"
+    return None
+
+
+# --- server lines -------------------------------------------------------------
+
+
+def chat(room: str, name: str, text: str) -> bytes:
+    return f"[{room}] {name}: {text}\n".encode()
+
+
+def private(sender: str, text: str) -> bytes:
+    return f"[private] {sender}: {text}\n".encode()
+
+
+def private_echo(sender: str, target: str, text: str) -> bytes:
+    return f"[private to {target}] {sender}: {text}\n".encode()
+
+
+def notice(text: str) -> bytes:
+    return f"* {text}\n".encode()
+
+
+def error(text: str) -> bytes:
+    return f"! {text}\n".encode()
+
+
+def rooms_line(counts: list[tuple[str, int]], current: str | None) -> bytes:
+    parts = [f"{room} ({n})" + (" [here]" if room == current else "") for room, n in counts]
+    return notice("rooms: " + ", ".join(parts))
+
+
+def who_line(room: str, names: list[str]) -> bytes:
+    return notice(f"in {room} ({len(names)}): " + ", ".join(names))
+
+
+def shutdown_notice(seconds: float | None = None, reason: str | None = None) -> bytes:
+    text = "server shutting down"
+    if seconds:
+        text += f" in {seconds:g} s"
+    if reason:
+        text += f": {reason}"
+    return notice(text)
