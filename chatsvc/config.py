@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,19 @@ DEFAULT_ROOMS = ("lobby", "work", "support", "team")
 RESERVED_ROOMS = frozenset({"private"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
+# Settings a running server cannot take over on reload: reported, never half-applied.
+RESTART_KEYS = frozenset(
+    {
+        "server.host",
+        "server.port",
+        "server.listen_backlog",
+        "rooms.names",
+        "rooms.default",
+        "admin.socket",
+        "admin.mode",
+        "admin.group",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -168,7 +182,11 @@ def _room_list(v: Any, bad: Bad) -> tuple[str, ...]:
 
 def _mode(v: Any, bad: Bad) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0o777 or v & 0o007:
-        raise bad("a file mode like 0o660 with no permissions for others")
+        found = oct(v) if isinstance(v, int) and not isinstance(v, bool) else None
+        err = bad("a file mode like 0o660 with no permissions for others")
+        if found is not None:
+            err = ConfigError(err.file, err.key, err.expected, found)
+        raise err
     return v
 
 
@@ -338,13 +356,18 @@ def render_toml(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
+_TOML_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _toml_value(key: str, v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if key == "mode" and isinstance(v, int):
         return oct(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        escaped = v.replace("\\", "\\\\").replace('"', '\\"')
+        escaped = _TOML_CONTROL.sub(lambda c: f"\\u{ord(c.group()):04x}", escaped)
+        return '"' + escaped + '"'
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value("", x) for x in v) + "]"
     return repr(v)

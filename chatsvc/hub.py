@@ -273,10 +273,10 @@ class Hub:
             self.by_name[key] = m
             self.logins += 1
             room = self.default_room
-            self._put(m, protocol.notice(f"hello {name}, you are in {room}"))
             self.rooms[room][m] = None
             m.room = room
             self._announce_membership(room, f"{name} joined {room}", m)
+            self._put(m, protocol.notice(f"hello {name}, you are in {room}"))
         self._done()
         return None
 
@@ -294,8 +294,8 @@ class Hub:
             self._announce_membership(old, f"{m.name} left {old}", m)
             self.rooms[room][m] = None
             m.room = room
-            self._put(m, protocol.notice(f"you are now in {room}"))
             self._announce_membership(room, f"{m.name} joined {room}", m)
+            self._put(m, protocol.notice(f"you are now in {room}"))
         self._done()
         return None
 
@@ -359,10 +359,12 @@ class Hub:
         """
         if m.closing is not None:
             return False
-        if final is not None and flush:
-            self._put(m, final)
+        # Mark first: the final line may then exceed send_queue_bytes (by one line)
+        # instead of re-entering here as send_queue_exceeded.
         m.closing = reason
         m.close_flush = flush
+        if final is not None and flush:
+            self._put(m, final)
         if not flush:
             self._drop_out(m)
         self._detach(m, reason, kicked)

@@ -1,0 +1,826 @@
+"""The hub's logic with fake sessions: ``Member`` objects whose ``out`` list is the outbox."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chatsvc.hub
+from chatsvc import config, protocol
+from chatsvc.hub import Hub, Member, NullWriter
+
+CAP = 4096
+
+
+def make_hub(**overrides: dict[str, Any]) -> Hub:
+    return Hub(config.with_overrides(config.Config(), **overrides))
+
+
+def connect(hub: Hub, name: str | None = None, addr: str = "127.0.0.1") -> Member:
+    m = Member(addr)
+    assert hub.add(m) is None
+    if name is not None:
+        assert hub.login(m, name) is None
+    return m
+
+
+def lines(m: Member) -> list[str]:
+    """What is queued for ``m``, one string per line (without the newline)."""
+    text = b"".join(m.out).decode()
+    assert text == "" or text.endswith("\n")
+    return text.split("\n")[:-1]
+
+
+def drain(hub: Hub, m: Member) -> list[str]:
+    """Take the outbox as the writer would (and pretend it was all sent)."""
+    with hub.lock:
+        got = lines(m)
+        m.queued -= sum(map(len, m.out))
+        m.out.clear()
+        m.dirty = False
+    return got
+
+
+def fill(hub: Hub, m: Member, room_left: int) -> None:
+    """Queue a reply so that only ``room_left`` bytes fit before the send cap."""
+    size = hub.send_cap - m.queued - room_left
+    hub.reply(m, protocol.notice("x" * (size - 3)))
+    assert hub.send_cap - m.queued == room_left
+
+
+def assert_accounting(hub: Hub) -> None:
+    for m in hub.members:
+        assert m.queued == sum(map(len, m.out)), m.label
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def hub() -> Hub:
+    return Hub(config.Config())
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(chatsvc.hub, "time", fake)
+    return fake
+
+
+# --- login ----------------------------------------------------------------------
+
+
+def test_hub_uses_a_null_writer_by_default(hub: Hub) -> None:
+    assert isinstance(hub.writer, NullWriter)
+    assert list(hub.rooms) == ["lobby", "work", "support", "team"]
+
+
+def test_login_greets_the_member_and_tells_the_room(hub: Hub) -> None:
+    alice = connect(hub, "alice")
+    assert lines(alice) == ["* hello alice, you are in lobby"]
+    bob = connect(hub, "bob")
+    assert lines(bob) == ["* hello bob, you are in lobby"]
+    assert lines(alice) == ["* hello alice, you are in lobby", "* bob joined lobby"]
+    assert bob.room == "lobby"
+    assert bob.name == "bob"
+    assert hub.by_name["bob"] is bob
+    assert list(hub.rooms["lobby"]) == [alice, bob]
+
+
+def test_login_to_another_default_room() -> None:
+    hub = make_hub(rooms={"default": "support"})
+    alice = connect(hub, "alice")
+    assert lines(alice) == ["* hello alice, you are in support"]
+    assert alice.room == "support"
+
+
+def test_a_name_is_taken_case_insensitively(hub: Hub) -> None:
+    connect(hub, "alice")
+    other = connect(hub)
+    assert hub.login(other, "ALICE") == "name taken: ALICE"
+    assert other.name is None
+    assert other.room is None
+    assert other not in hub.rooms["lobby"]
+    assert hub.login(other, "alice2") is None
+
+
+def test_the_case_of_a_name_is_kept(hub: Hub) -> None:
+    alice = connect(hub, "Alice")
+    assert alice.name == "Alice"
+    assert hub.by_name["alice"] is alice
+
+
+def test_a_closing_member_cannot_log_in(hub: Hub) -> None:
+    m = connect(hub)
+    hub.close(m, "eof")
+    assert hub.login(m, "alice") == "closing"
+    assert "alice" not in hub.by_name
+
+
+def test_a_ban_refuses_login_until_it_expires(hub: Hub, clock: FakeClock) -> None:
+    bob = connect(hub, "bob")
+    assert hub.kick("bob", "spam", ban_seconds=60)
+    hub.remove(bob, "eof")
+
+    clock.now += 30
+    again = connect(hub)
+    why = hub.login(again, "BOB")
+    assert why is not None
+    assert "banned" in why
+    assert "30 s" in why
+    assert again.name is None
+
+    clock.now += 31
+    assert hub.login(again, "Bob") is None
+    assert "bob" not in hub.bans
+
+
+def test_a_ban_applies_to_a_name_nobody_holds(hub: Hub, clock: FakeClock) -> None:
+    assert hub.kick("mallory", "pre-emptive", ban_seconds=10) is False
+    m = connect(hub)
+    assert hub.login(m, "mallory") is not None
+    clock.now += 11
+    assert hub.login(m, "mallory") is None
+
+
+# --- rooms ----------------------------------------------------------------------
+
+
+def test_join_tells_the_old_and_the_new_room(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    dave = connect(hub, "dave")
+    assert hub.join(dave, "work") is None
+    for m in (alice, bob, dave):
+        drain(hub, m)
+
+    assert hub.join(alice, "work") is None
+    assert lines(alice) == ["* you are now in work"]
+    assert lines(bob) == ["* alice left lobby"]
+    assert lines(dave) == ["* alice joined work"]
+    assert alice.room == "work"
+    assert alice not in hub.rooms["lobby"]
+    assert alice in hub.rooms["work"]
+
+
+def test_join_an_unknown_room_lists_the_rooms(hub: Hub) -> None:
+    alice = connect(hub, "alice")
+    drain(hub, alice)
+    assert hub.join(alice, "kitchen") == (
+        "no such room: kitchen (rooms: lobby, work, support, team)"
+    )
+    assert alice.room == "lobby"
+    assert lines(alice) == []
+
+
+def test_room_names_are_case_sensitive(hub: Hub) -> None:
+    alice = connect(hub, "alice")
+    why = hub.join(alice, "Work")
+    assert why is not None
+    assert why.startswith("no such room: Work")
+
+
+def test_join_the_same_room(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    drain(hub, alice)
+    drain(hub, bob)
+    assert hub.join(alice, "lobby") == "you are already in lobby"
+    assert lines(alice) == []
+    assert lines(bob) == []
+
+
+def test_join_before_login(hub: Hub) -> None:
+    m = connect(hub)
+    assert hub.join(m, "work") == "not in a room"
+    assert m.room is None
+
+
+def test_room_counts_and_who(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    carol = connect(hub, "carol")
+    hub.join(carol, "support")
+    assert hub.room_counts(alice) == b"* rooms: lobby (2) [here], work (0), support (1), team (0)\n"
+    assert hub.room_counts() == b"* rooms: lobby (2), work (0), support (1), team (0)\n"
+    assert hub.who(bob) == b"* in lobby (2): alice, bob\n"
+    assert hub.who(carol) == b"* in support (1): carol\n"
+    assert hub.room_members() == {
+        "lobby": ["alice", "bob"],
+        "work": [],
+        "support": ["carol"],
+        "team": [],
+    }
+
+
+# --- chat -----------------------------------------------------------------------
+
+
+def test_say_reaches_the_sender_and_the_room_only(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    carol = connect(hub, "carol")
+    hub.join(carol, "work")
+    for m in (alice, bob, carol):
+        drain(hub, m)
+
+    assert hub.say(alice, "hello") == "lobby"
+    assert lines(alice) == ["[lobby] alice: hello"]
+    assert lines(bob) == ["[lobby] alice: hello"]
+    assert lines(carol) == []
+
+    assert hub.say(carol, "anyone?") == "work"
+    assert lines(carol) == ["[work] carol: anyone?"]
+    assert lines(alice) == ["[lobby] alice: hello"]
+    assert alice.msgs_sent == 1
+
+
+def test_say_before_login_or_while_closing_goes_nowhere(hub: Hub) -> None:
+    nameless = connect(hub)
+    assert hub.say(nameless, "hi") is None
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    drain(hub, bob)
+    hub.close(alice, "bye", protocol.notice("goodbye"))
+    drain(hub, bob)
+    assert hub.say(alice, "still here?") is None
+    assert lines(bob) == []
+
+
+def test_interleaved_senders_are_seen_in_the_same_order_by_all(hub: Hub) -> None:
+    members = [connect(hub, name) for name in ("alice", "bob", "carol", "dave")]
+    for m in members:
+        drain(hub, m)
+    for i in range(20):
+        sender = members[(i * 7) % len(members)]
+        hub.say(sender, f"message {i}")
+    seen = [lines(m) for m in members]
+    assert len(seen[0]) == 20
+    assert all(s == seen[0] for s in seen)
+    assert [line.rsplit(" ", 1)[1] for line in seen[0]] == [str(i) for i in range(20)]
+
+
+def test_private_message_and_echo(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    carol = connect(hub, "carol")
+    for m in (alice, bob, carol):
+        drain(hub, m)
+    assert hub.private(alice, "BOB", "psst") is None
+    assert lines(bob) == ["[private] alice: psst"]
+    assert lines(alice) == ["[private to bob] alice: psst"]
+    assert lines(carol) == []
+    assert alice.msgs_sent == 1
+
+
+def test_private_message_across_rooms(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    hub.join(bob, "team")
+    drain(hub, bob)
+    assert hub.private(alice, "bob", "over here") is None
+    assert lines(bob) == ["[private] alice: over here"]
+
+
+def test_private_message_to_an_unknown_user(hub: Hub) -> None:
+    alice = connect(hub, "alice")
+    drain(hub, alice)
+    assert hub.private(alice, "zed", "hello?") == "no such user: zed"
+    assert lines(alice) == []
+    assert hub.messages_in == 0
+
+
+def test_private_message_to_a_closing_user(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    hub.close(bob, "bye")
+    assert hub.private(alice, "bob", "wait") == "no such user: bob"
+
+
+def test_announce_to_one_room(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    carol = connect(hub, "carol")
+    hub.join(carol, "work")
+    for m in (alice, bob, carol):
+        drain(hub, m)
+    assert hub.announce("maintenance at noon", "lobby") == 2
+    assert lines(alice) == ["* maintenance at noon"]
+    assert lines(bob) == ["* maintenance at noon"]
+    assert lines(carol) == []
+
+
+def test_announce_to_everyone_logged_in(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    hub.join(bob, "team")
+    nameless = connect(hub)
+    for m in (alice, bob, nameless):
+        drain(hub, m)
+    assert hub.announce("hello all") == 2
+    assert lines(alice) == ["* hello all"]
+    assert lines(bob) == ["* hello all"]
+    assert lines(nameless) == []
+
+
+def test_reply_goes_to_one_member(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    drain(hub, alice)
+    drain(hub, bob)
+    hub.reply(alice, protocol.error("one"), protocol.notice("two"))
+    assert lines(alice) == ["! one", "* two"]
+    assert lines(bob) == []
+
+
+def test_outboxes_are_put_on_the_writers_dirty_list_once(hub: Hub) -> None:
+    alice = connect(hub, "alice")
+    hub.say(alice, "a")
+    hub.say(alice, "b")
+    assert alice.dirty
+    assert hub.writer.dirty.count(alice) == 1
+
+
+# --- kick -----------------------------------------------------------------------
+
+
+def test_kick(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    drain(hub, alice)
+    hub.say(bob, "spam spam")
+    assert hub.kick("BOB", "spamming") is True
+    assert lines(bob)[-1] == "* you were kicked: spamming"
+    assert lines(alice) == ["[lobby] bob: spam spam", "* bob was kicked (spamming)"]
+    assert bob.closing == "kicked"
+    assert bob.close_flush
+    assert bob.room is None
+    assert "bob" not in hub.by_name
+    assert bob in hub.writer.closing
+    assert hub.kicks == 1
+    # The name is free again.
+    assert hub.login(connect(hub), "bob") is None
+
+
+def test_kick_an_unknown_user(hub: Hub) -> None:
+    connect(hub, "alice")
+    assert hub.kick("zed", "why") is False
+    assert hub.kicks == 0
+
+
+def test_kick_twice(hub: Hub) -> None:
+    connect(hub, "bob")
+    assert hub.kick("bob", "one")
+    assert hub.kick("bob", "two") is False
+    assert hub.kicks == 1
+
+
+# --- send queue -----------------------------------------------------------------
+
+
+def test_a_reader_that_never_drains_is_closed_and_the_others_keep_receiving() -> None:
+    hub = make_hub(limits={"send_queue_bytes": CAP})
+    slow, bob, carol = (connect(hub, name) for name in ("slow", "bob", "carol"))
+    drain(hub, bob)
+    drain(hub, carol)
+    text = "y" * 200
+    bob_saw: list[str] = []
+    sent = 0
+    while slow.closing is None:
+        assert sent < 100, "the slow reader was never closed"
+        hub.say(carol, f"{sent} {text}")
+        sent += 1
+        assert slow.queued <= CAP
+        assert_accounting(hub)
+        bob_saw += drain(hub, bob)
+        drain(hub, carol)
+
+    assert slow.closing == "send_queue_exceeded"
+    assert not slow.close_flush
+    assert slow.out == []
+    assert slow.queued == 0
+    assert slow.room is None
+    assert "slow" not in hub.by_name
+    assert slow in hub.writer.closing
+    assert bob_saw[-1] == "* slow left lobby (too slow)"
+    assert [line for line in bob_saw if line.startswith("[")] == [
+        f"[lobby] carol: {i} {text}" for i in range(sent)
+    ]
+
+    hub.say(carol, "after")
+    assert drain(hub, bob) == ["[lobby] carol: after"]
+    assert slow.out == []
+    assert hub.remove(slow, "eof") == "send_queue_exceeded"
+    assert hub.drops["send_queue_exceeded"] == 1
+
+
+def test_a_reply_past_the_cap_closes_the_member() -> None:
+    hub = make_hub(limits={"send_queue_bytes": CAP})
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    drain(hub, bob)
+    fill(hub, alice, 10)
+    hub.reply(alice, protocol.notice("this does not fit"))
+    assert alice.closing == "send_queue_exceeded"
+    assert alice.out == []
+    assert alice.queued == 0
+    assert lines(bob) == ["* alice left lobby (too slow)"]
+
+
+def test_a_line_that_exactly_fits_is_queued() -> None:
+    hub = make_hub(limits={"send_queue_bytes": CAP})
+    alice = connect(hub, "alice")
+    fill(hub, alice, 10)
+    hub.reply(alice, protocol.notice("x" * 7))
+    assert alice.closing is None
+    assert alice.queued == CAP
+
+
+def test_queued_is_the_sum_of_the_outbox(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    carol = connect(hub, "carol")
+    hub.say(alice, "one")
+    hub.private(bob, "carol", "two")
+    hub.join(carol, "work")
+    hub.announce("three")
+    hub.reply(bob, protocol.error("four"))
+    assert_accounting(hub)
+    assert hub.queued_total() == sum(len(b"".join(m.out)) for m in (alice, bob, carol))
+    drain(hub, bob)
+    assert bob.queued == 0
+    assert_accounting(hub)
+
+
+def test_private_message_past_the_cap_closes_the_recipient() -> None:
+    hub = make_hub(limits={"send_queue_bytes": CAP})
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    fill(hub, bob, 5)
+    assert hub.private(alice, "bob", "hello there") is None
+    assert bob.closing == "send_queue_exceeded"
+    assert bob.out == []
+    assert_accounting(hub)
+
+
+def test_kicking_a_member_with_a_nearly_full_queue() -> None:
+    hub = make_hub(limits={"send_queue_bytes": CAP})
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    drain(hub, alice)
+    fill(hub, bob, 10)
+    assert hub.kick("bob", "spamming")
+    assert hub.writer.closing.count(bob) == 1
+    assert lines(alice) == ["* bob was kicked (spamming)"]
+    assert bob.closing == "kicked"
+    assert lines(bob)[-1] == "* you were kicked: spamming"
+
+
+def test_shutdown_of_a_member_with_a_nearly_full_queue() -> None:
+    hub = make_hub(limits={"send_queue_bytes": CAP})
+    alice = connect(hub, "alice")
+    fill(hub, alice, 10)
+    hub.begin_shutdown(protocol.shutdown_notice(reason="maintenance"))
+    assert hub.writer.closing.count(alice) == 1
+    assert alice.closing == "shutdown"
+    assert lines(alice)[-1] == "* server shutting down: maintenance"
+
+
+def test_a_join_that_overflows_the_queue_does_not_announce_a_ghost() -> None:
+    hub = make_hub(limits={"send_queue_bytes": CAP})
+    bob, carol = connect(hub, "bob"), connect(hub, "carol")
+    hub.join(carol, "work")
+    drain(hub, carol)
+    fill(hub, bob, 10)
+    hub.join(bob, "work")
+    assert bob.closing == "send_queue_exceeded"
+    assert bob not in hub.rooms["work"]
+    # Whatever carol was told about bob, the last word must be that he is gone.
+    about_bob = [line for line in lines(carol) if line.startswith("* bob ")]
+    assert about_bob == [] or about_bob[-1] == "* bob left work (too slow)"
+
+
+# --- announce_limit -------------------------------------------------------------
+
+
+def test_big_rooms_do_not_announce_membership() -> None:
+    hub = make_hub(rooms={"announce_limit": 2})
+    alice = connect(hub, "alice")
+    bob = connect(hub, "bob")  # the room has 2: announced
+    assert lines(alice)[-1] == "* bob joined lobby"
+    drain(hub, alice)
+    drain(hub, bob)
+    carol = connect(hub, "carol")  # 3 > 2: quiet
+    assert lines(alice) == []
+    assert lines(bob) == []
+    hub.say(carol, "hi")  # chat is delivered whatever the size
+    assert lines(alice) == ["[lobby] carol: hi"]
+
+
+def test_announce_limit_zero_silences_membership_notices() -> None:
+    hub = make_hub(rooms={"announce_limit": 0})
+    alice = connect(hub, "alice")
+    drain(hub, alice)
+    bob = connect(hub, "bob")
+    hub.join(bob, "work")
+    hub.kick("bob", "x")
+    assert lines(alice) == []
+
+
+# --- reaping --------------------------------------------------------------------
+
+
+def test_reap_closes_a_nameless_member_after_the_login_timeout(hub: Hub) -> None:
+    nameless = connect(hub)
+    nameless.last_active = 100.0
+    assert hub.reap(now=129.0, idle_timeout=3600, login_timeout=30) == []
+    assert nameless not in hub.writer.closing
+    assert hub.reap(now=131.0, idle_timeout=3600, login_timeout=30) == [nameless]
+    assert nameless.closing == "login_timeout"
+    assert lines(nameless)[-1] == "! no name given in time; closing"
+    assert nameless in hub.writer.closing
+
+
+def test_reap_closes_an_idle_member_after_the_idle_timeout(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    drain(hub, alice)
+    drain(hub, bob)
+    alice.last_active = 0.0
+    bob.last_active = 3000.0
+    assert hub.reap(now=3500.0, idle_timeout=3600, login_timeout=30) == []
+    assert hub.reap(now=3601.0, idle_timeout=3600, login_timeout=30) == [alice]
+    assert alice.closing == "idle"
+    assert lines(alice) == ["! idle for too long (3600 s); closing"]
+    assert lines(bob) == ["* alice left lobby (idle)"]
+    assert bob.closing is None
+    # Already closing: not reaped again.
+    assert hub.reap(now=5000.0, idle_timeout=3600, login_timeout=30) == []
+    assert bob.closing is None
+    assert hub.reap(now=6601.0, idle_timeout=3600, login_timeout=30) == [bob]
+
+
+def test_a_logged_in_member_is_not_reaped_by_the_login_timeout(hub: Hub) -> None:
+    alice = connect(hub, "alice")
+    alice.last_active = 0.0
+    assert hub.reap(now=100.0, idle_timeout=3600, login_timeout=30) == []
+
+
+def test_idle_timeout_zero_never_reaps_logged_in_members(hub: Hub) -> None:
+    alice = connect(hub, "alice")
+    alice.last_active = 0.0
+    nameless = connect(hub)
+    nameless.last_active = 0.0
+    assert hub.reap(now=1e9, idle_timeout=0, login_timeout=30) == [nameless]
+    assert alice.closing is None
+
+
+# --- add and remove -------------------------------------------------------------
+
+
+def test_add_refuses_past_max_clients() -> None:
+    hub = make_hub(server={"max_clients": 2})
+    connect(hub, addr="10.0.0.1")
+    connect(hub, addr="10.0.0.2")
+    assert hub.add(Member("10.0.0.3")) == "server_full"
+    assert hub.add(Member("10.0.0.4")) == "server_full"
+    assert hub.refused["server_full"] == 2
+    assert hub.count() == 2
+    assert hub.connections == 2
+
+
+def test_add_refuses_past_the_per_ip_limit() -> None:
+    hub = make_hub(server={"max_clients_per_ip": 2})
+    first = connect(hub, addr="10.0.0.1")
+    connect(hub, addr="10.0.0.1")
+    assert hub.add(Member("10.0.0.1")) == "per_ip_limit"
+    assert hub.refused["per_ip_limit"] == 1
+    connect(hub, addr="10.0.0.2")  # another address is still welcome
+    hub.remove(first, "eof")
+    connect(hub, addr="10.0.0.1")  # a freed slot can be reused
+    assert hub.per_ip["10.0.0.1"] == 2
+
+
+def test_per_ip_limit_zero_means_unlimited() -> None:
+    hub = make_hub(server={"max_clients_per_ip": 0})
+    for _ in range(150):
+        connect(hub)
+    assert hub.per_ip["127.0.0.1"] == 150
+
+
+def test_add_refuses_while_shutting_down(hub: Hub) -> None:
+    hub.begin_shutdown(protocol.shutdown_notice())
+    assert hub.add(Member()) == "shutting_down"
+    assert hub.refused["shutting_down"] == 1
+
+
+def test_remove_frees_name_room_and_address(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice", addr="10.0.0.1"), connect(hub, "bob")
+    drain(hub, bob)
+    assert hub.remove(alice, "eof") == "eof"
+    assert lines(bob) == ["* alice left lobby (disconnected)"]
+    assert alice.room is None
+    assert alice not in hub.rooms["lobby"]
+    assert "alice" not in hub.by_name
+    assert "10.0.0.1" not in hub.per_ip
+    assert alice not in hub.members
+    assert hub.drops == {"eof": 1}
+    assert alice in hub.writer.retired
+    assert alice.out == []
+    assert hub.login(connect(hub), "alice") is None
+
+
+def test_remove_reports_the_reason_closing_began_with(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    hub.close(alice, "bye", protocol.notice("goodbye"))
+    assert lines(bob)[-1] == "* alice left lobby"
+    drain(hub, bob)
+    assert hub.remove(alice, "eof") == "bye"
+    assert lines(bob) == []  # told once, not twice
+    assert hub.drops == {"bye": 1}
+
+
+def test_remove_counts_drops_by_reason(hub: Hub) -> None:
+    for reason in ("eof", "eof", "error"):
+        hub.remove(connect(hub), reason)
+    kicked = connect(hub, "kicked")
+    hub.kick("kicked", "x")
+    hub.remove(kicked, "eof")
+    assert hub.drops == {"eof": 2, "error": 1, "kicked": 1}
+
+
+def test_remove_twice_counts_once(hub: Hub) -> None:
+    m = connect(hub, "alice")
+    hub.remove(m, "eof")
+    hub.remove(m, "error")
+    assert hub.drops == {"eof": 1}
+    assert hub.count() == 0
+
+
+def test_remove_drops_what_is_still_queued(hub: Hub) -> None:
+    alice = connect(hub, "alice")
+    hub.say(alice, "unsent")
+    hub.remove(alice, "error")
+    assert alice.out == []
+    assert alice.queued == 0
+
+
+@pytest.mark.parametrize(
+    "reason, notice",
+    [
+        ("error", "* alice left lobby (connection lost)"),
+        ("flood", "* alice left lobby (flood)"),
+        ("bye", "* alice left lobby"),
+        ("something_new", "* alice left lobby"),
+    ],
+)
+def test_leave_notices_name_the_reason(hub: Hub, reason: str, notice: str) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    drain(hub, bob)
+    assert hub.close(alice, reason)
+    assert hub.close(alice, "other") is False
+    assert lines(bob) == [notice]
+    assert alice.closing == reason
+
+
+# --- shutdown -------------------------------------------------------------------
+
+
+def test_begin_shutdown_queues_the_final_line_after_everything_else(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    nameless = connect(hub)
+    hub.say(alice, "last words")
+    before = {m: lines(m) for m in (alice, bob, nameless)}
+    final = protocol.shutdown_notice(5, "upgrade")
+    assert hub.begin_shutdown(final) == 3
+    for m in (alice, bob, nameless):
+        assert lines(m) == [*before[m], "* server shutting down in 5 s: upgrade"]
+        assert m.closing == "shutdown"
+        assert m.close_flush
+        assert m in hub.writer.closing
+    assert hub.shutting_down
+    assert all(not ms for ms in hub.rooms.values())
+    assert hub.by_name == {}
+    assert_accounting(hub)
+
+
+def test_force_close_all_drops_what_is_queued(hub: Hub) -> None:
+    alice = connect(hub, "alice")
+    hub.begin_shutdown(protocol.shutdown_notice())
+    hub.force_close_all()
+    assert alice.out == []
+    assert alice.queued == 0
+    assert not alice.close_flush
+
+
+# --- views ----------------------------------------------------------------------
+
+
+def test_stats(hub: Hub) -> None:
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    connect(hub)
+    hub.join(bob, "work")
+    hub.say(alice, "hi")
+    hub.private(alice, "bob", "psst")
+    hub.kick("bob", "x")
+    hub.remove(bob, "eof")
+    stats = hub.stats()
+    assert set(stats) == {
+        "uptime",
+        "clients",
+        "logged_in",
+        "rooms",
+        "connections",
+        "logins",
+        "messages_in",
+        "bytes_in",
+        "bytes_out",
+        "kicks",
+        "drops",
+        "refused",
+    }
+    assert stats["clients"] == 2
+    assert stats["logged_in"] == 1
+    assert stats["rooms"] == {"lobby": 1, "work": 0, "support": 0, "team": 0}
+    assert stats["connections"] == 3
+    assert stats["logins"] == 2
+    assert stats["messages_in"] == 2
+    assert stats["bytes_in"] == len(b"[lobby] alice: hi\n") + len(b"[private] alice: psst\n")
+    assert stats["bytes_out"] > 0
+    assert stats["kicks"] == 1
+    assert stats["drops"] == {"kicked": 1}
+    assert stats["refused"] == {}
+    assert stats["uptime"] >= 0
+
+
+def test_users_lists_logged_in_members_only(hub: Hub) -> None:
+    alice = connect(hub, "alice", addr="10.0.0.7")
+    connect(hub)
+    hub.say(alice, "hi")
+    alice.last_active = time.monotonic()
+    (user,) = hub.users()
+    assert user["name"] == "alice"
+    assert user["room"] == "lobby"
+    assert user["addr"] == "10.0.0.7:0"
+    assert user["messages"] == 1
+    assert user["queued_bytes"] == alice.queued
+    assert user["throttled"] is False
+    assert list(hub.names()) == ["alice"]
+
+
+# --- invariants under any sequence of operations --------------------------------
+
+NAMES = ["ann", "bob", "cy", "dee"]
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("login"), st.sampled_from(NAMES)),
+        st.tuples(st.just("say"), st.sampled_from(NAMES), st.integers(0, 1500)),
+        st.tuples(st.just("join"), st.sampled_from(NAMES), st.sampled_from(["lobby", "work"])),
+        st.tuples(st.just("msg"), st.sampled_from(NAMES), st.sampled_from(NAMES)),
+        st.tuples(st.just("drain"), st.sampled_from(NAMES)),
+        st.tuples(st.just("kick"), st.sampled_from(NAMES)),
+        st.tuples(st.just("remove"), st.sampled_from(NAMES)),
+        st.tuples(st.just("announce"), st.sampled_from([None, "lobby", "work"])),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=75)
+@given(ops=OPS)
+def test_accounting_and_membership_stay_consistent(ops: list[tuple[Any, ...]]) -> None:
+    hub = make_hub(limits={"send_queue_bytes": CAP}, rooms={"names": ["lobby", "work"]})
+    conns: dict[str, Member] = {}
+    for op, *args in ops:
+        if op == "announce":
+            hub.announce("notice", args[0])
+        elif op == "login":
+            name: str = args[0]
+            if name in conns and conns[name].closing is not None:
+                hub.remove(conns.pop(name), "eof")  # as its reader thread would
+            if name not in conns:
+                conns[name] = connect(hub)
+                hub.login(conns[name], name)
+        elif args[0] in conns:
+            name = args[0]
+            m = conns[name]
+            if op == "say":
+                hub.say(m, "z" * args[1])
+            elif op == "join":
+                hub.join(m, args[1])
+            elif op == "msg":
+                hub.private(m, args[1], "hi")
+            elif op == "drain":
+                drain(hub, m)
+            elif op == "kick":
+                hub.kick(name, "x")
+            elif op == "remove":
+                hub.remove(m, "eof")
+                del conns[name]
+
+        assert_accounting(hub)
+        for room, members in hub.rooms.items():
+            for member in members:
+                assert member.room == room
+                assert member.closing is None
+                assert member.queued <= CAP
+        for key, member in hub.by_name.items():
+            assert member.key == key
+            assert member.closing is None
+        assert sum(hub.per_ip.values()) == len(hub.members)
