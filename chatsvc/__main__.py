@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from types import FrameType
-from typing import Optional
+from typing import IO, Any, Optional
 
-from chatsvc import __version__, config, logsetup
+from chatsvc import __version__, config, logsetup, systemd
+from chatsvc.adminpath import resolve_socket
 from chatsvc.errors import ChatsvcError, ConfigError
 from chatsvc.server import ChatServer
 
 EXIT_OK = 0
-EXIT_STARTUP = 1  # cannot listen, ...
+EXIT_STARTUP = 1  # cannot listen, already running, ...
 EXIT_CONFIG = 2  # bad config or usage
 
 
@@ -35,29 +37,38 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the config, print the effective settings and exit",
     )
+    p.add_argument(
+        "--daemon", action="store_true", help="detach into the background (needs --pidfile)"
+    )
+    p.add_argument("--pidfile", metavar="PATH", help="pidfile, locked while running")
+    p.add_argument("--log-file", metavar="PATH", help="append logs here instead of stderr (JSON)")
     p.add_argument("--version", action="version", version=f"chatsvc {__version__}")
     return p
 
 
-def effective_config(args: argparse.Namespace) -> config.Config:
+def effective_config(args: argparse.Namespace) -> tuple[config.Config, dict[str, dict[str, Any]]]:
     cfg = config.load_effective(args.config)
-    server: dict[str, object] = {}
+    server: dict[str, Any] = {}
     if args.host is not None:
         server["host"] = args.host
     if args.port is not None:
         server["port"] = args.port
-    if server:
+    overrides: dict[str, dict[str, Any]] = {"server": server} if server else {}
+    if overrides:
         try:
-            cfg = config.with_overrides(cfg, server=server)
+            cfg = config.with_overrides(cfg, **overrides)
         except ConfigError as exc:
             raise ConfigError("command line", exc.key, exc.expected, exc.found) from None
-    return cfg
+    return cfg, overrides
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.daemon and not args.pidfile:
+        parser.error("--daemon needs --pidfile PATH")
     try:
-        cfg = effective_config(args)
+        cfg, overrides = effective_config(args)
     except ConfigError as exc:
         print(f"chatsvc: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -65,26 +76,74 @@ def main(argv: Optional[list[str]] = None) -> int:
         sys.stdout.write(config.render_toml(cfg))
         print(f"chatsvc: config OK ({cfg.source or 'built-in defaults'})", file=sys.stderr)
         return EXIT_OK
-    logsetup.configure(cfg.logging.level, cfg.logging.format)
     try:
-        server = ChatServer(cfg)
+        return run(args, cfg, overrides)
     except ChatsvcError as exc:
         print(f"chatsvc: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+
+
+def run(args: argparse.Namespace, cfg: config.Config, overrides: dict[str, dict[str, Any]]) -> int:
+    # Everything that can fail happens here, before detaching.
+    from chatsvc.daemonize import PidFile, detach
+
+    log_stream: Optional[IO[str]] = None
+    if args.log_file:
+        try:
+            log_stream = open(args.log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise ChatsvcError(f"cannot open log file {args.log_file}: {exc.strerror}") from None
+    pidfile = PidFile(args.pidfile) if args.pidfile else None
+    if pidfile is not None:
+        pidfile.acquire()
+    try:
+        fmt = "json" if log_stream is not None else cfg.logging.format
+        logsetup.configure(cfg.logging.level, fmt, log_stream or sys.stderr)
+        activated = systemd.listen_fds()
+        listener = activated[0] if activated else None
+        server = ChatServer(
+            cfg,
+            listener,
+            admin_path=resolve_socket(cfg.admin.socket, for_client=False),
+            # the fallback locations are shared places: insist on a private directory
+            admin_private_dir=not cfg.admin.socket and not os.environ.get("RUNTIME_DIRECTORY"),
+            config_path=config.find_config_path(args.config),
+            overrides=overrides,
+        )
+    except BaseException:
+        if pidfile is not None:
+            pidfile.release()
+        raise
+    if pidfile is not None and pidfile.stale_pid:
+        logsetup.log.warning("stale_pidfile_replaced", pidfile=pidfile.path, pid=pidfile.stale_pid)
+    if args.daemon:
+        assert pidfile is not None
+        detach(pidfile, log_stream)
     install_signal_handlers(server)
     server.serve_forever()
+    if pidfile is not None and not args.daemon:
+        pidfile.release()
     return EXIT_OK
 
 
 def install_signal_handlers(server: ChatServer) -> None:
-    """SIGTERM/SIGINT only set a flag; the wakeup fd makes the accept loop see it now."""
+    """Handlers only set flags; the wakeup fd makes the accept loop see them at once.
+
+    SIGTERM/SIGINT stop (a second SIGINT exits immediately), SIGHUP reloads.
+    """
 
     def on_stop(signum: int, frame: Optional[FrameType]) -> None:
+        if signum == signal.SIGINT and server.stop_requested:
+            os._exit(130)
         server.stop_requested = True
+
+    def on_hup(signum: int, frame: Optional[FrameType]) -> None:
+        server.reload_requested = True
 
     signal.set_wakeup_fd(server.wakeup_fd, warn_on_full_buffer=False)
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import IO, Any, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
@@ -43,7 +43,7 @@ def _order(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return head
 
 
-def _build(level: str, fmt: str, stream: TextIO) -> FilteringBoundLogger:
+def _build(level: str, fmt: str, stream: IO[str]) -> FilteringBoundLogger:
     use_json = fmt == "json" or (fmt == "auto" and not _isatty(stream))
     processors: list[Any] = [
         structlog.processors.add_log_level,
@@ -54,7 +54,7 @@ def _build(level: str, fmt: str, stream: TextIO) -> FilteringBoundLogger:
     else:
         processors.append(_console)
     logger: FilteringBoundLogger = structlog.wrap_logger(
-        structlog.PrintLogger(stream),
+        structlog.PrintLogger(cast(TextIO, stream)),
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         cache_logger_on_first_use=True,
@@ -62,7 +62,7 @@ def _build(level: str, fmt: str, stream: TextIO) -> FilteringBoundLogger:
     return logger
 
 
-def _isatty(stream: TextIO) -> bool:
+def _isatty(stream: IO[str]) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
@@ -70,12 +70,16 @@ def _isatty(stream: TextIO) -> bool:
 
 
 log: FilteringBoundLogger = _build("info", "auto", sys.stderr)
-_stream: TextIO = sys.stderr
+# Start, stop and reload are rare and say what state the service is in: they are
+# logged at info whatever the configured level.
+lifecycle: FilteringBoundLogger = log
+_stream: IO[str] = sys.stderr
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+def configure(level: str = "info", fmt: str = "auto", stream: IO[str] | None = None) -> None:
     """(Re)build the logger; ``stream`` defaults to the one used last (stderr at first)."""
-    global log, _stream
+    global log, lifecycle, _stream
     if stream is not None:
         _stream = stream
     log = _build(level, fmt, _stream)
+    lifecycle = log if level in ("debug", "info") else _build("info", fmt, _stream)

@@ -200,10 +200,14 @@ def who_line(room: str, names: list[str]) -> bytes:
     return notice(f"in {room} ({len(names)}): " + ", ".join(names))
 
 
-def shutdown_notice(seconds: float | None = None, reason: str | None = None) -> bytes:
+def shutdown_text(seconds: float | None = None, reason: str | None = None) -> str:
     text = "server shutting down"
     if seconds:
         text += f" in {seconds:g} s"
     if reason:
         text += f": {reason}"
-    return notice(text)
+    return text
+
+
+def shutdown_notice(seconds: float | None = None, reason: str | None = None) -> bytes:
+    return notice(shutdown_text(seconds, reason))

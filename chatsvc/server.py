@@ -10,14 +10,16 @@ loop does the rest.
 
 from __future__ import annotations
 
+import _thread
 import os
 import select
 import socket
 import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
-from chatsvc import logsetup, protocol
+from chatsvc import config, logsetup, protocol, systemd
+from chatsvc.admin import AdminServer
 from chatsvc.config import Config
 from chatsvc.errors import StartupError
 from chatsvc.hub import Hub
@@ -29,6 +31,7 @@ from chatsvc.wakeup import WakePipe
 # address space of 10,000 threads modest (RSS is what they touch, not this).
 THREAD_STACK_SIZE = 512 * 1024
 HOUSEKEEPING_INTERVAL = 1.0
+STATUS_INTERVAL = 5.0
 ACCEPT_BATCH = 256
 
 REFUSAL_TEXT = {
@@ -58,8 +61,20 @@ def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
 
 
 class ChatServer:
-    def __init__(self, cfg: Config, listener: Optional[socket.socket] = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        listener: Optional[socket.socket] = None,
+        *,
+        admin_path: Optional[str] = None,
+        admin_private_dir: bool = False,
+        config_path: Optional[str] = None,
+        overrides: Optional[dict[str, dict[str, Any]]] = None,
+    ) -> None:
         self.cfg = cfg
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self._reload_lock = threading.Lock()
         self.lock = threading.Lock()
         self.writer = OutboundWriter(self.lock)
         self.hub = Hub(cfg, self.writer, self.lock)
@@ -67,14 +82,27 @@ class ChatServer:
             cfg.server.host, cfg.server.port, cfg.server.listen_backlog
         )
         self.listener.setblocking(False)
-        self.stop_requested = False
+        self.stop_requested = False  # set by signal handlers and request_stop: stop now
+        self.reload_requested = False  # set by the SIGHUP handler
         self.stop_reason: Optional[str] = None
         self.stop_delay = 0.0
+        self._stop_at: Optional[float] = None  # a countdown is running
         self._wake = WakePipe()
-        self._threads: dict[threading.Thread, None] = {}
-        self._threads_lock = threading.Lock()
+        # Reader threads alive; the drain waits for this to reach zero.
+        self._live = 0
+        self._live_cv = threading.Condition(threading.Lock())
         self.started = threading.Event()
         self.stopped = threading.Event()
+        self._watchdog: Optional[float] = None
+        self._next_watchdog = 0.0
+        self._next_status = 0.0
+        self.admin: Optional[AdminServer] = None
+        if admin_path:
+            try:
+                self.admin = AdminServer(self, admin_path, admin_private_dir)
+            except BaseException:
+                self.listener.close()
+                raise
 
     @property
     def address(self) -> tuple[str, int]:
@@ -89,45 +117,116 @@ class ChatServer:
     # --- stopping: every path ends here ------------------------------------------------
 
     def request_stop(self, reason: Optional[str] = None, delay: float = 0.0) -> None:
-        """Ask the accept loop to stop (thread-safe; not for signal handlers)."""
-        self.stop_reason = reason
-        self.stop_delay = delay
-        self.stop_requested = True
+        """Ask the accept loop to stop, now or after ``delay`` seconds of countdown.
+
+        Thread-safe; signal handlers set ``stop_requested`` instead.  A request
+        without delay also cuts a running countdown short.
+        """
+        if reason is not None:
+            self.stop_reason = reason
+        if delay > 0 and self._stop_at is None:
+            self.stop_delay = delay
+            self._stop_at = time.monotonic() + delay
+            self.hub.announce(protocol.shutdown_text(delay, reason))
+            logsetup.lifecycle.info("shutdown_scheduled", seconds=delay, reason=reason)
+        elif delay <= 0:
+            self.stop_requested = True
         self._wake.wake()
+
+    def reload(self, check: bool = False) -> dict[str, Any]:
+        """Re-read the config; apply what can change at run time, report the rest.
+
+        Settings that need a restart (listen address, rooms, admin socket) are never
+        applied, so the running server is never half-reconfigured.  A bad file raises
+        ``ConfigError`` and changes nothing.
+        """
+        with self._reload_lock:
+            new = config.load_effective(self.config_path)
+            if self.overrides:
+                new = config.with_overrides(new, **self.overrides)
+            changes = config.diff(self.cfg, new)
+            applied = [c for c in changes if c[0] not in config.RESTART_KEYS]
+            restart = [c for c in changes if c[0] in config.RESTART_KEYS]
+            if applied and not check:
+                systemd.reloading()
+                sections: dict[str, dict[str, Any]] = {}
+                for key, _, value in applied:
+                    section, name = key.split(".", 1)
+                    sections.setdefault(section, {})[name] = value
+                self.cfg = config.with_overrides(self.cfg, **sections)
+                with self.lock:
+                    self.hub.apply(self.cfg)
+                logsetup.configure(self.cfg.logging.level, self.cfg.logging.format)
+                systemd.ready()
+            result = {
+                "check": check,
+                "source": new.source,
+                "applied": [] if check else [list(c) for c in applied],
+                "would_apply": [list(c) for c in applied] if check else [],
+                "restart_required": [list(c) for c in restart],
+            }
+            logsetup.lifecycle.info(
+                "config_reloaded" if not check else "config_checked",
+                source=new.source,
+                applied=[c[0] for c in applied],
+                restart_required=[c[0] for c in restart],
+            )
+            return result
 
     # --- the loop ---------------------------------------------------------------------
 
     def serve_forever(self) -> None:
         threading.stack_size(THREAD_STACK_SIZE)
         self.writer.start()
+        if self.admin is not None:
+            self.admin.start()
         host, port = self.address
-        logsetup.log.info(
+        logsetup.lifecycle.info(
             "server_started",
             message=f"Server started on {host}:{port}",
             host=host,
             port=port,
             rooms=list(self.cfg.rooms.names),
             pid=os.getpid(),
+            admin_socket=self.admin.path if self.admin else None,
         )
+        systemd.ready()
+        self._watchdog = systemd.watchdog_interval()
         self.started.set()
         poller = select.poll()
         poller.register(self.listener, select.POLLIN)
         poller.register(self._wake.read_fd, select.POLLIN)
         next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
         try:
-            while not self.stop_requested:
+            while not self._should_stop():
                 timeout = max(0.0, next_housekeeping - time.monotonic())
+                if self._stop_at is not None:
+                    timeout = min(timeout, max(0.0, self._stop_at - time.monotonic()))
                 for fd, _ in poller.poll(timeout * 1000):
                     if fd == self._wake.read_fd:
                         self._wake.drain()
                     elif not self.stop_requested:
                         self._accept_batch()
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self._reload_from_signal()
                 now = time.monotonic()
                 if now >= next_housekeeping:
                     self._housekeeping(now)
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL
         finally:
             self._shutdown()
+
+    def _should_stop(self) -> bool:
+        if self.stop_requested:
+            return True
+        return self._stop_at is not None and time.monotonic() >= self._stop_at
+
+    def _reload_from_signal(self) -> None:
+        try:
+            self.reload()
+        except Exception as exc:  # a bad file on SIGHUP: log it, keep running as before
+            logsetup.log.error("config_reload_failed", error=str(exc))
 
     def _accept_batch(self) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -156,14 +255,14 @@ class ChatServer:
             conn.close()
             return
         logsetup.log.info("client_connected", addr=addr, port=port, clients=self.hub.count())
-        thread = threading.Thread(target=self._run_session, args=(session,), daemon=True)
-        with self._threads_lock:
-            self._threads[thread] = None
+        # A bare thread: threading.Thread's start-up handshake doubles the cost of
+        # starting one and its objects add ~1.5 KB per client (see bench/README.md).
+        with self._live_cv:
+            self._live += 1
         try:
-            thread.start()
+            _thread.start_new_thread(self._run_session, (session,))
         except RuntimeError as exc:  # cannot start a thread: refuse this one
-            with self._threads_lock:
-                del self._threads[thread]
+            self._session_ended()
             logsetup.log.error("thread_start_failed", error=str(exc))
             self.hub.remove(session, "error")
 
@@ -171,26 +270,44 @@ class ChatServer:
         try:
             session.run()
         finally:
-            with self._threads_lock:
-                self._threads.pop(threading.current_thread(), None)
+            self._session_ended()
+
+    def _session_ended(self) -> None:
+        with self._live_cv:
+            self._live -= 1
+            if self._live == 0:
+                self._live_cv.notify_all()
 
     def _housekeeping(self, now: float) -> None:
         limits = self.hub.cfg.limits
         for m in self.hub.reap(now, limits.idle_timeout, limits.login_timeout):
             logsetup.log.info("client_timeout", name=m.name, addr=m.addr, reason=m.closing)
+        if self._watchdog is not None and now >= self._next_watchdog:
+            systemd.watchdog_ping()
+            self._next_watchdog = now + self._watchdog / 2
+        if now >= self._next_status:
+            self._next_status = now + STATUS_INTERVAL
+            stats = self.hub.stats()
+            systemd.status(
+                f"{stats['clients']} clients, {stats['logged_in']} logged in, "
+                f"{stats['messages_in']} messages"
+            )
 
     def session_threads(self) -> int:
-        with self._threads_lock:
-            return len(self._threads)
+        with self._live_cv:
+            return self._live
 
     # --- the drain ----------------------------------------------------------------------
 
     def _shutdown(self) -> None:
+        systemd.stopping()
         grace = self.cfg.server.shutdown_grace
         clients = self.hub.count()
-        logsetup.log.info("server_stopping", clients=clients, reason=self.stop_reason, grace=grace)
+        logsetup.lifecycle.info(
+            "server_stopping", clients=clients, reason=self.stop_reason, grace=grace
+        )
         self.listener.close()
-        final = protocol.shutdown_notice(self.stop_delay or None, self.stop_reason)
+        final = protocol.shutdown_notice(None, self.stop_reason)
         self.hub.begin_shutdown(final)
         deadline = time.monotonic() + grace
         forced = not self._wait_sessions_gone(deadline)
@@ -198,9 +315,11 @@ class ChatServer:
             self.hub.force_close_all()
             self._wait_sessions_gone(time.monotonic() + 2.0)
         self.writer.stop()
+        if self.admin is not None:
+            self.admin.stop()
         left = self.session_threads()
         stats = self.hub.stats()
-        logsetup.log.info(
+        logsetup.lifecycle.info(
             "server_stopped",
             clients_at_stop=clients,
             forced=forced,
@@ -212,12 +331,10 @@ class ChatServer:
         self.stopped.set()
 
     def _wait_sessions_gone(self, deadline: float) -> bool:
-        while True:
-            with self._threads_lock:
-                threads = list(self._threads)
-            if not threads:
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            threads[0].join(min(remaining, 0.1))
+        with self._live_cv:
+            while self._live:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._live_cv.wait(remaining)
+        return True

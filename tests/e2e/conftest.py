@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,9 +87,24 @@ def server(make_server: Callable[..., ServerHandle]) -> ServerHandle:
 
 
 @pytest.fixture
-def config_file(tmp_path: Path) -> Callable[..., Path]:
+def short_tmp() -> Iterator[Path]:
+    """A directory under /tmp with a short path, for Unix sockets (about 100 bytes max)."""
+    path = Path(tempfile.mkdtemp(prefix="cs-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, short_tmp: Path) -> Callable[..., Path]:
+    """Write a test config; each server gets its own admin socket unless told otherwise."""
+
     def make(**overrides: Any) -> Path:
-        settings = {**TEST_DEFAULTS, "level": "info", **overrides}
+        settings = {
+            **TEST_DEFAULTS,
+            "level": "info",
+            "socket": str(short_tmp / "admin.sock"),
+            **overrides,
+        }
         return write_config(tmp_path / "chatsvc.toml", _sections(settings))
 
     return make
