@@ -150,7 +150,9 @@ class Session(Conn):
         self.last_active = time.monotonic()
         self.throttled = True
         limits = self.hub.cfg.limits
-        if self.bucket.strikes == 1:
+        if not limits.flood_strikes or self.bucket.strikes <= limits.flood_strikes:
+            # every dropped line is answered, so a client that waits for a reply
+            # to each line (chatsvc-client in scripted mode) never waits forever
             self.hub.reply(
                 self,
                 protocol.error(
