@@ -118,7 +118,9 @@ def run(args: argparse.Namespace, cfg: config.Config, overrides: dict[str, dict[
         logsetup.log.warning("stale_pidfile_replaced", pidfile=pidfile.path, pid=pidfile.stale_pid)
     if args.daemon:
         assert pidfile is not None
-        detach(pidfile, log_stream)
+        detach(pidfile, log_stream)  # writes the daemon's pid
+    elif pidfile is not None:
+        pidfile.write()
     install_signal_handlers(server)
     server.serve_forever()
     if pidfile is not None and not args.daemon:

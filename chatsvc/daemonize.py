@@ -46,7 +46,8 @@ class PidFile:
             ) from None
         self.stale_pid = os.read(fd, 32).decode(errors="replace").strip() or None
         self.fd = fd
-        self.write()
+        # Empty until the pid that will serve is known (the daemon's, after the forks).
+        os.ftruncate(fd, 0)
 
     def write(self) -> None:
         assert self.fd is not None

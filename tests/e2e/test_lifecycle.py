@@ -320,7 +320,10 @@ def test_daemon_replaces_stale_pidfile_and_reports_errors_before_detaching(
         timeout=30,
     )
     assert ok.returncode == 0, ok.stderr
-    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "999999", what="pid")
+    wait_until(
+        lambda: pidfile.exists() and pidfile.read_text().strip() not in ("", "999999"),
+        what="the daemon's pid in the pidfile",
+    )
     pid = _pid_in(pidfile)
     try:
         wait_until(lambda: "stale_pidfile_replaced" in log.read_text(), what="stale pidfile log")
