@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Optional, Protocol
 
 from chatsvc import protocol
@@ -53,6 +53,7 @@ class Member:
         "queued",
         "room",
         "throttled",
+        "w",
     )
 
     def __init__(self, addr: str = "127.0.0.1", port: int = 0) -> None:
@@ -71,6 +72,7 @@ class Member:
         self.dirty = False  # already on the writer's list
         self.closing: Optional[str] = None  # disconnect reason once closing began
         self.close_flush = True  # deliver what is queued before closing
+        self.w: Writer = _UNASSIGNED  # the writer that serves it, set by Hub.add
 
     @property
     def label(self) -> str:
@@ -108,6 +110,9 @@ class NullWriter:
         pass
 
 
+_UNASSIGNED: Writer = NullWriter()
+
+
 class RoomBackend(Protocol):
     """Where room fan-out goes; called with ``Hub.lock`` held, must not block."""
 
@@ -139,10 +144,17 @@ LEAVE_SUFFIX = {
 
 class Hub:
     def __init__(
-        self, cfg: Config, writer: Writer | None = None, lock: threading.Lock | None = None
+        self,
+        cfg: Config,
+        writers: Sequence[Writer] = (),
+        lock: threading.Lock | None = None,
     ) -> None:
         self.lock = lock or threading.Lock()
-        self.writer: Writer = writer or NullWriter()
+        # Members are spread over the writers round-robin; each writer sends to
+        # and closes only its own members' sockets.
+        self.writers: list[Writer] = list(writers) or [NullWriter()]
+        self.writer = self.writers[0]
+        self._next_writer = 0
         self.backend: RoomBackend = LocalBackend(self)
         self.started_at = time.time()
         self.rooms: dict[str, dict[Member, None]] = {r: {} for r in cfg.rooms.names}
@@ -185,7 +197,7 @@ class Hub:
         m.out.append(line)
         if not m.dirty:
             m.dirty = True
-            self.writer.dirty.append(m)
+            m.w.dirty.append(m)
 
     @staticmethod
     def _drop_out(m: Member) -> None:
@@ -198,7 +210,6 @@ class Hub:
         """Append ``line`` to every local member of ``room``; lock held."""
         n = len(line)
         cap = self.send_cap
-        dirty = self.writer.dirty
         over: list[Member] = []
         count = 0
         for m in self.rooms[room]:
@@ -213,7 +224,7 @@ class Hub:
             count += 1
             if not m.dirty:
                 m.dirty = True
-                dirty.append(m)
+                m.w.dirty.append(m)
         self.bytes_out += n * count
         for m in over:
             self._begin_close(m, "send_queue_exceeded", None, flush=False)
@@ -223,18 +234,18 @@ class Hub:
         with self.lock:
             if room in self.rooms:
                 self.deliver_local(room, line)
-            wake = self.writer.claim_wake()
-        if wake:
-            self.writer.wake()
+        self._done()
 
     def _announce_membership(self, room: str, text: str, exclude: Member) -> None:
         if len(self.rooms[room]) <= self.announce_limit:
             self.backend.publish(room, protocol.notice(text), exclude)
 
     def _done(self) -> None:
-        """Release-time duty of every public method: wake the writer if owed."""
-        if self.writer.claim_wake():
-            self.writer.wake()
+        """Release-time duty of every public method: wake the writers that are owed."""
+        with self.lock:
+            owed = [w for w in self.writers if w.claim_wake()]
+        for w in owed:
+            w.wake()
 
     # --- connections -------------------------------------------------------------
 
@@ -249,6 +260,8 @@ class Hub:
                 reason = "per_ip_limit"
             else:
                 self.members[m] = None
+                m.w = self.writers[self._next_writer]
+                self._next_writer = (self._next_writer + 1) % len(self.writers)
                 self.per_ip[m.addr] += 1
                 self.connections += 1
                 return None
@@ -368,7 +381,7 @@ class Hub:
         if not flush:
             self._drop_out(m)
         self._detach(m, reason, kicked)
-        self.writer.closing.append(m)
+        m.w.closing.append(m)
         return True
 
     def _detach(self, m: Member, reason: str, kicked: str = "") -> None:
@@ -415,7 +428,7 @@ class Hub:
                     del self.per_ip[m.addr]
                 self.drops[final_reason] += 1
             self._drop_out(m)
-            self.writer.retired.append(m)
+            m.w.retired.append(m)
         self._done()
         return final_reason
 
@@ -485,7 +498,7 @@ class Hub:
             for m in self.members:
                 m.close_flush = False
                 self._drop_out(m)
-                self.writer.closing.append(m)
+                m.w.closing.append(m)
         self._done()
 
     # --- views ---------------------------------------------------------------------

@@ -58,9 +58,15 @@ class Conn(Member):
 
 class OutboundWriter:
     def __init__(
-        self, lock: threading.Lock, *, linger: float = 2.0, flush_timeout: float = 10.0
+        self,
+        lock: threading.Lock,
+        *,
+        linger: float = 2.0,
+        flush_timeout: float = 10.0,
+        name: str = "chatsvc-writer",
     ) -> None:
         self.lock = lock
+        self.name = name
         self.linger = linger
         self.flush_timeout = flush_timeout
         # guarded by lock
@@ -90,7 +96,7 @@ class OutboundWriter:
         self._wake.wake()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="chatsvc-writer", daemon=True)
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
