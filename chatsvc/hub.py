@@ -43,6 +43,7 @@ class Member:
         "close_flush",
         "closing",
         "connected_at",
+        "connected_mono",
         "dirty",
         "key",
         "last_active",
@@ -63,7 +64,8 @@ class Member:
         self.key: Optional[str] = None  # casefolded name, the key in Hub.by_name
         self.room: Optional[str] = None
         self.connected_at = time.time()
-        self.last_active = time.monotonic()
+        self.connected_mono = time.monotonic()  # the login timeout counts from here
+        self.last_active = self.connected_mono
         self.msgs_sent = 0
         self.throttled = False
         # Outbound state, guarded by Hub.lock; the writer drains ``out``.
@@ -419,7 +421,9 @@ class Hub:
             final_reason = m.closing or reason
             if m.closing is None:
                 m.closing = reason
-                m.close_flush = False
+                # A client that shut its sending side may still read: deliver what
+                # is queued for it (bounded by the writer's flush timeout).
+                m.close_flush = reason == "eof"
             self._detach(m, final_reason)
             if m in self.members:
                 del self.members[m]
@@ -427,7 +431,8 @@ class Hub:
                 if self.per_ip[m.addr] <= 0:
                     del self.per_ip[m.addr]
                 self.drops[final_reason] += 1
-            self._drop_out(m)
+            if not m.close_flush:
+                self._drop_out(m)
             m.w.retired.append(m)
         self._done()
         return final_reason
@@ -471,7 +476,7 @@ class Hub:
                 if m.closing is not None:
                     continue
                 quiet = now - m.last_active
-                if m.name is None and quiet > login_timeout:
+                if m.name is None and now - m.connected_mono > login_timeout:
                     final = protocol.error("no name given in time; closing")
                     self._begin_close(m, "login_timeout", final, flush=True)
                     closed.append(m)

@@ -45,7 +45,7 @@ OPEN, FLUSHING, LINGERING, SHUT, DONE = range(5)
 class Conn(Member):
     """A member with a socket, plus the writer's private per-connection state."""
 
-    __slots__ = ("deadline", "polled", "sock", "wbuf", "wstate")
+    __slots__ = ("deadline", "gone", "polled", "sock", "wbuf", "wstate")
 
     def __init__(self, sock: socket.socket, addr: str, port: int) -> None:
         super().__init__(addr, port)
@@ -54,6 +54,7 @@ class Conn(Member):
         self.wstate = OPEN
         self.deadline = 0.0
         self.polled = False
+        self.gone = False  # its reader has ended; close once the queue is delivered
 
 
 class OutboundWriter:
@@ -146,6 +147,8 @@ class OutboundWriter:
         for c in _conns(dirty):
             if c.wbuf and not c.polled:
                 self._send(c, done)
+            elif c.gone and not c.wbuf and c.wstate == FLUSHING:
+                self._close(c)
         self._check_timed(done)
         for c in _conns(retired):
             self._retire(c)
@@ -219,6 +222,9 @@ class OutboundWriter:
 
     def _shut_for_writing(self, c: Conn) -> None:
         """Queue delivered: send EOF, then give the client ``linger`` to close."""
+        if c.gone:  # the reader already saw the client's EOF: nothing to wait for
+            self._close(c)
+            return
         self._shutdown(c, socket.SHUT_WR)
         c.wstate = LINGERING
         c.deadline = time.monotonic() + self.linger
@@ -237,6 +243,8 @@ class OutboundWriter:
                 self._unpoll(c)
             c.wstate = SHUT
             self._shutdown(c, socket.SHUT_RDWR)
+            if c.gone:
+                self._close(c)
 
     @staticmethod
     def _shutdown(c: Conn, how: int) -> None:
@@ -246,6 +254,17 @@ class OutboundWriter:
             pass  # already reset or closed by the peer: nothing left to shut
 
     def _retire(self, c: Conn) -> None:
+        """The reader has ended.  Close now, or once what is queued is delivered."""
+        if c.close_flush and c.wstate in (OPEN, FLUSHING) and (c.wbuf or c.dirty):
+            c.gone = True
+            if c.wstate == OPEN:
+                c.wstate = FLUSHING
+                c.deadline = time.monotonic() + self.flush_timeout
+                self._timed[c] = None
+            return
+        self._close(c)
+
+    def _close(self, c: Conn) -> None:
         self._unpoll(c)
         self._timed.pop(c, None)
         c.wbuf = b""

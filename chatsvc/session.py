@@ -108,7 +108,7 @@ class Session(Conn):
             if self.closing is not None:
                 continue
             if isinstance(frame, bytes) and not frame.strip():
-                continue
+                continue  # (does not postpone the login timeout: that counts from connect)
             text = self._text(frame)
             if text is not None:
                 name = text.strip()
@@ -131,6 +131,7 @@ class Session(Conn):
             if self.closing is not None:
                 continue
             if isinstance(frame, bytes) and not frame.strip():
+                self.last_active = time.monotonic()  # a keep-alive: not idle
                 continue
             limits = self.hub.cfg.limits  # may change on reload
             bucket = self.bucket

@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -244,3 +245,27 @@ class ServerProcess:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def abort(conn: Union[RawClient, socket.socket]) -> None:
+    """Close with SO_LINGER 0: the peer gets a reset (RST) instead of an orderly FIN."""
+    sock = conn.sock if isinstance(conn, RawClient) else conn
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass  # already closed
+    sock.close()
+
+
+def process_threads() -> int:
+    """OS threads of this process, bare ``_thread`` threads included."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    raise RuntimeError("no Threads: line in /proc/self/status")
+
+
+def open_fds() -> int:
+    """File descriptors open in this process."""
+    return len(os.listdir("/proc/self/fd"))

@@ -529,7 +529,8 @@ def test_announce_limit_zero_silences_membership_notices() -> None:
 
 def test_reap_closes_a_nameless_member_after_the_login_timeout(hub: Hub) -> None:
     nameless = connect(hub)
-    nameless.last_active = 100.0
+    nameless.connected_mono = 100.0
+    nameless.last_active = 130.5  # lines (rejected names) do not postpone it
     assert hub.reap(now=129.0, idle_timeout=3600, login_timeout=30) == []
     assert nameless not in hub.writer.closing
     assert hub.reap(now=131.0, idle_timeout=3600, login_timeout=30) == [nameless]
@@ -622,8 +623,15 @@ def test_remove_frees_name_room_and_address(hub: Hub) -> None:
     assert alice not in hub.members
     assert hub.drops == {"eof": 1}
     assert alice in hub.writer.retired
-    assert alice.out == []
+    assert alice.close_flush and alice.out  # after an EOF what is queued is still delivered
     assert hub.login(connect(hub), "alice") is None
+
+
+def test_remove_after_an_error_drops_the_queue(hub: Hub) -> None:
+    alice = connect(hub, "alice")
+    assert hub.remove(alice, "error") == "error"
+    assert not alice.close_flush
+    assert alice.out == [] and alice.queued == 0
 
 
 def test_remove_reports_the_reason_closing_began_with(hub: Hub) -> None:
