@@ -472,6 +472,10 @@ class Hub:
         """Close members idle too long or still nameless too long; returns them."""
         closed: list[Member] = []
         with self.lock:
+            if self.bans:  # forget expired bans of names nobody tried again
+                clock = time.monotonic()
+                for key in [k for k, expiry in self.bans.items() if expiry <= clock]:
+                    del self.bans[key]
             for m in self.members:
                 if m.closing is not None:
                     continue

@@ -832,3 +832,15 @@ def test_accounting_and_membership_stay_consistent(ops: list[tuple[Any, ...]]) -
             assert member.key == key
             assert member.closing is None
         assert sum(hub.per_ip.values()) == len(hub.members)
+
+
+def test_reap_forgets_expired_bans(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("chatsvc.hub.time.monotonic", lambda: now[0])
+    hub.kick("ghost", "gone", ban_seconds=60)  # no such user, but the name is banned
+    assert "ghost" in hub.bans
+    hub.reap(now=now[0], idle_timeout=0, login_timeout=30)
+    assert "ghost" in hub.bans
+    now[0] += 61
+    hub.reap(now=now[0], idle_timeout=0, login_timeout=30)
+    assert hub.bans == {}
