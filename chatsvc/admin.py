@@ -21,7 +21,7 @@ import struct
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from chatsvc import __version__, logsetup
+from chatsvc import __version__, logsetup, protocol
 from chatsvc.adminpath import ensure_private_dir
 from chatsvc.errors import StartupError
 from chatsvc.wakeup import WakePipe
@@ -208,27 +208,23 @@ class AdminServer:
         return self.gid in os.getgrouplist(user.pw_name, user.pw_gid)
 
     def _requests(self, conn: socket.socket, uid: int, pid: int) -> None:
-        buf = b""
+        splitter = protocol.LineSplitter(MAX_REQUEST_BYTES)  # the chat framing, capped
         conn.settimeout(REQUEST_TIMEOUT)
         while True:
-            while b"\n" not in buf:
-                if len(buf) > MAX_REQUEST_BYTES:
+            try:
+                data = conn.recv(65536)
+            except socket.timeout:
+                self._send(conn, self._failure("timeout", "no complete request in time"))
+                return
+            if not data:
+                return
+            for line in splitter.feed(data):
+                if line is protocol.OVERLONG:
                     self._send(conn, self._failure("too_large", "request over 64 KiB"))
                     return
-                try:
-                    data = conn.recv(65536)
-                except socket.timeout:
-                    self._send(conn, self._failure("timeout", "no complete request in time"))
-                    return
-                if not data:
-                    return
-                buf += data
-            line, _, buf = buf.partition(b"\n")
-            if len(line) > MAX_REQUEST_BYTES:
-                self._send(conn, self._failure("too_large", "request over 64 KiB"))
-                return
-            if line.strip():
-                self._send(conn, self._handle(line, uid, pid))
+                assert isinstance(line, bytes)
+                if line.strip():
+                    self._send(conn, self._handle(line, uid, pid))
 
     def _handle(self, line: bytes, uid: int, pid: int) -> dict[str, Any]:
         cmd = "?"
