@@ -473,8 +473,7 @@ class Hub:
         closed: list[Member] = []
         with self.lock:
             if self.bans:  # forget expired bans of names nobody tried again
-                clock = time.monotonic()
-                for key in [k for k, expiry in self.bans.items() if expiry <= clock]:
+                for key in [k for k, expiry in self.bans.items() if expiry <= now]:
                     del self.bans[key]
             for m in self.members:
                 if m.closing is not None:

@@ -92,7 +92,6 @@ class ChatServer:
         self.stop_requested = False  # set by signal handlers and request_stop: stop now
         self.reload_requested = False  # set by the SIGHUP handler
         self.stop_reason: Optional[str] = None
-        self.stop_delay = 0.0
         self._stop_at: Optional[float] = None  # a countdown is running
         self._wake = WakePipe()
         # Reader threads alive; the drain waits for this to reach zero.
@@ -132,7 +131,6 @@ class ChatServer:
         if reason is not None:
             self.stop_reason = reason
         if delay > 0 and self._stop_at is None:
-            self.stop_delay = delay
             self._stop_at = time.monotonic() + delay
             self.hub.announce(protocol.shutdown_text(delay, reason))
             logsetup.lifecycle.info("shutdown_scheduled", seconds=delay, reason=reason)
