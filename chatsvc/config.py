@@ -182,11 +182,7 @@ def _room_list(v: Any, bad: Bad) -> tuple[str, ...]:
 
 def _mode(v: Any, bad: Bad) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0o777 or v & 0o007:
-        found = oct(v) if isinstance(v, int) and not isinstance(v, bool) else None
-        err = bad("a file mode like 0o660 with no permissions for others")
-        if found is not None:
-            err = ConfigError(err.file, err.key, err.expected, found)
-        raise err
+        raise bad("a file mode like 0o660 with no permissions for others")
     return v
 
 
@@ -242,7 +238,12 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Validator]]] = {
 }
 
 
-def _describe(v: Any) -> str:
+OCTAL_KEYS = frozenset({"mode"})  # shown as 0o660, in errors and in render_toml
+
+
+def _describe(v: Any, key: str = "") -> str:
+    if key in OCTAL_KEYS and isinstance(v, int) and not isinstance(v, bool):
+        return oct(v)
     if isinstance(v, dict):
         return "a table"
     if isinstance(v, str):
@@ -277,8 +278,10 @@ def from_mapping(data: Mapping[str, Any], source: str | None = None) -> Config:
                     where, dotted, "one of " + ", ".join(validators), "an unknown key"
                 )
 
-            def bad(expected: str, dotted: str = dotted, raw: Any = raw) -> ConfigError:
-                return ConfigError(where, dotted, expected, _describe(raw))
+            def bad(
+                expected: str, dotted: str = dotted, raw: Any = raw, key: str = key
+            ) -> ConfigError:
+                return ConfigError(where, dotted, expected, _describe(raw, key))
 
             values[key] = validators[key](raw, bad)
         sections[section] = cls(**values)
@@ -362,7 +365,7 @@ _TOML_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 def _toml_value(key: str, v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if key == "mode" and isinstance(v, int):
+    if key in OCTAL_KEYS and isinstance(v, int):
         return oct(v)
     if isinstance(v, str):
         escaped = v.replace("\\", "\\\\").replace('"', '\\"')
