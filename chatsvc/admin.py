@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from chatsvc import __version__, logsetup, protocol
 from chatsvc.adminpath import ensure_private_dir
 from chatsvc.errors import StartupError
-from chatsvc.wakeup import WakePipe
+from chatsvc.wakeup import WakePipe, block_process_signals
 
 if TYPE_CHECKING:
     from chatsvc.server import ChatServer
@@ -147,6 +147,7 @@ class AdminServer:
         self._wake.close()
 
     def run(self) -> None:
+        block_process_signals()  # connection threads started from here inherit the mask
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
         poller.register(self._wake.read_fd, select.POLLIN)

@@ -578,6 +578,25 @@ def connect(host: str, port: int) -> socket.socket:
     return sock
 
 
+# The signals the client acts on (see Terminal.start).
+HANDLED_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGTSTP, signal.SIGWINCH})
+
+
+def worker(target: Callable[..., None], *args: Any, name: str) -> threading.Thread:
+    """A daemon thread that leaves the handled signals to the main thread.
+
+    The kernel gives a signal to any thread not blocking it, and Python runs the
+    handler only when the main thread next wakes: a Ctrl-C that landed on the
+    reader thread waited for the next keystroke or server line.
+    """
+
+    def run() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        target(*args)
+
+    return threading.Thread(target=run, name=name, daemon=True)
+
+
 def describe(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
@@ -589,7 +608,7 @@ class Connection:
         self.sock = sock
         self.inbox = inbox
         self.gen = gen
-        self._reader = threading.Thread(target=self._read, name=f"reader-{gen}", daemon=True)
+        self._reader = worker(self._read, name=f"reader-{gen}")
 
     def start(self) -> None:
         self._reader.start()
@@ -631,7 +650,7 @@ class Reconnector:
         self._stop = threading.Event()
 
     def start(self) -> None:
-        threading.Thread(target=self._run, name="reconnect", daemon=True).start()
+        worker(self._run, name="reconnect").start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -781,12 +800,7 @@ class ScriptedRunner(Runner):
     def run(self) -> int:
         try:
             if self.open():
-                threading.Thread(
-                    target=read_input,
-                    args=(self.stdin_fd, self.inbox, self.slots),
-                    name="stdin",
-                    daemon=True,
-                ).start()
+                worker(read_input, self.stdin_fd, self.inbox, self.slots, name="stdin").start()
                 self.loop()
         except KeyboardInterrupt:
             if self.phase == "chat":
@@ -1245,7 +1259,7 @@ class ReadlineConsole:
         module.set_completer(self._complete)
         module.set_completer_delims(" \t\n")
         module.parse_and_bind("tab: complete")
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGTSTP, signal.SIGWINCH):
+        for signum in HANDLED_SIGNALS:
             self.saved_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def stop(self) -> None:
@@ -1374,12 +1388,7 @@ class PlainConsole:
         self.slots = threading.Semaphore(INPUT_WINDOW)
 
     def start(self, completer: Callable[[str, str], list[str]]) -> None:
-        threading.Thread(
-            target=read_input,
-            args=(sys.stdin.fileno(), self.inbox, self.slots),
-            name="stdin",
-            daemon=True,
-        ).start()
+        worker(read_input, sys.stdin.fileno(), self.inbox, self.slots, name="stdin").start()
 
     def stop(self) -> None:
         self.out.flush()

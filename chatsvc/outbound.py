@@ -34,7 +34,7 @@ import time
 from typing import Optional, cast
 
 from chatsvc.hub import Member
-from chatsvc.wakeup import WakePipe
+from chatsvc.wakeup import WakePipe, block_process_signals
 
 _SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
 
@@ -110,6 +110,7 @@ class OutboundWriter:
     # --- the writer thread ---------------------------------------------------------
 
     def run(self) -> None:
+        block_process_signals()
         try:
             while self._step():
                 pass

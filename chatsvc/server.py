@@ -25,7 +25,7 @@ from chatsvc.errors import StartupError
 from chatsvc.hub import Hub
 from chatsvc.outbound import OutboundWriter
 from chatsvc.session import Session
-from chatsvc.wakeup import WakePipe
+from chatsvc.wakeup import WakePipe, block_process_signals
 
 # Reader threads only parse lines and call the hub; a small stack keeps the
 # address space of 10,000 threads modest (RSS is what they touch, not this).
@@ -278,6 +278,7 @@ class ChatServer:
 
     def _run_session(self, session: Session) -> None:
         try:
+            block_process_signals()
             session.run()
         finally:
             self._session_ended()

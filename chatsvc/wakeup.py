@@ -1,8 +1,25 @@
-"""A self-pipe: lets any thread (or a signal, via set_wakeup_fd) wake a poll loop."""
+"""Waking the main thread: a self-pipe, and keeping signals off worker threads."""
 
 from __future__ import annotations
 
 import os
+import signal
+
+# The signals the server acts on; only the main thread may receive them.
+PROCESS_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+def block_process_signals() -> None:
+    """Called first thing in every worker thread: signals then reach the main thread.
+
+    The kernel hands a process-directed signal to any thread that does not block
+    it, but Python runs handlers only in the main thread, and only a main thread
+    the signal itself interrupted wakes from a lock wait or join.  When a second
+    SIGINT landed on a reader thread, the drain slept on until its grace ran out
+    instead of exiting at once.  Blocking them here makes the main thread the
+    only candidate.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, PROCESS_SIGNALS)
 
 
 class WakePipe:

@@ -269,3 +269,20 @@ def process_threads() -> int:
 def open_fds() -> int:
     """File descriptors open in this process."""
     return len(os.listdir("/proc/self/fd"))
+
+
+def blocked_signals(pid: int) -> dict[int, set[int]]:
+    """For each live thread of ``pid``: the signal numbers it blocks (SigBlk in procfs).
+
+    A thread that ends while we look (an admin connection, say) is left out.
+    """
+    blocked: dict[int, set[int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        line = next(ln for ln in status.splitlines() if ln.startswith("SigBlk:"))
+        mask = int(line.split()[1], 16)
+        blocked[int(tid)] = {n for n in range(1, 65) if mask >> (n - 1) & 1}
+    return blocked

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pexpect
 import pytest
 
 from tests.e2e.conftest import ServerHandle
-from tests.e2e.helpers import logged_in
+from tests.e2e.helpers import blocked_signals, logged_in
 
 MakeServer = Callable[..., ServerHandle]
 ROOT = Path(__file__).resolve().parents[2]
@@ -222,6 +223,24 @@ def test_leaving_says_bye_and_exits_0(
     # a plain "left", no "(disconnected)": the server got our bye
     assert bob.expect("alice left") == "* alice left lobby"
     bob.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux procfs")
+def test_only_the_main_thread_receives_the_signals_it_handles(
+    console: Callable[..., Console],
+) -> None:
+    # Handlers run in the main thread; a Ctrl-C the kernel gave to the reader
+    # thread used to wait for the next keystroke or server line.
+    alice = login(console, "alice")
+    blocked = blocked_signals(alice.child.pid)
+    main = blocked.pop(alice.child.pid)
+    assert blocked  # at least the connection's reader
+    handled = {signal.SIGINT, signal.SIGTERM, signal.SIGTSTP, signal.SIGWINCH}
+    assert not handled & main
+    for tid, mask in blocked.items():
+        assert handled <= mask, f"thread {tid} can receive them"
+    alice.send("\x03")
+    assert alice.exit_status() == 0
 
 
 def test_kicked_shows_the_reason_and_exits_4(

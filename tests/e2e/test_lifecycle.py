@@ -16,7 +16,13 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.e2e.helpers import RawClient, ServerProcess, logged_in, wait_until
+from tests.e2e.helpers import (
+    RawClient,
+    ServerProcess,
+    blocked_signals,
+    logged_in,
+    wait_until,
+)
 
 StartProc = Callable[..., ServerProcess]
 ConfigFile = Callable[..., Path]
@@ -110,6 +116,25 @@ def test_second_sigint_exits_at_once(chatsvc_proc: StartProc) -> None:
     assert srv.proc.wait(5) == 130
     slow.close()
     talker.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux procfs")
+def test_only_the_main_thread_can_receive_stop_and_reload_signals(
+    chatsvc_proc: StartProc, short_tmp: Path
+) -> None:
+    # Python runs handlers in the main thread only; a signal the kernel gave to a
+    # reader thread once left a second SIGINT unseen until the drain's grace ended.
+    srv = chatsvc_proc()
+    a = logged_in(srv.host, srv.port, "alice")  # its reader and writer have started
+    assert admin_request(str(short_tmp / "admin.sock"), cmd="stats")["ok"]
+    blocked = blocked_signals(srv.proc.pid)
+    main = blocked.pop(srv.proc.pid)
+    assert len(blocked) >= 4  # two writers, the admin server, alice's reader
+    wanted = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    assert not wanted & main
+    for tid, mask in blocked.items():
+        assert wanted <= mask, f"thread {tid} can receive them"
+    a.close()
 
 
 def test_sighup_reloads_runtime_settings_and_reports_the_rest(
