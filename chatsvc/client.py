@@ -1187,6 +1187,10 @@ class Readline:
         "rl_set_prompt",
         "rl_get_screen_size",
         "rl_resize_terminal",
+        "rl_insert_text",
+        "rl_redisplay",
+        "rl_line_buffer",
+        "rl_point",
     )
 
     def __init__(self, module: Any, lib: Any, libc: Any, ctypes: Any) -> None:
@@ -1203,6 +1207,20 @@ class Readline:
         libc.free.argtypes = [ctypes.c_void_p]
         libc.free.restype = None
         libc.fflush.argtypes = [ctypes.c_void_p]
+        lib.rl_insert_text.argtypes = [ctypes.c_char_p]
+        lib.rl_redisplay.restype = None
+
+    def typed(self) -> tuple[bytes, int]:
+        """The input line's bytes and the cursor's offset in them."""
+        buffer = self.ctypes.c_char_p.in_dll(self.lib, "rl_line_buffer").value or b""
+        return buffer, int(self.ctypes.c_int.in_dll(self.lib, "rl_point").value)
+
+    def retype(self, buffer: bytes, point: int) -> None:
+        """Put ``buffer`` back on a freshly installed input line, cursor at ``point``."""
+        if buffer:
+            self.lib.rl_insert_text(buffer)
+            self.ctypes.c_int.in_dll(self.lib, "rl_point").value = min(point, len(buffer))
+            self.lib.rl_redisplay()
 
     @classmethod
     def load(cls) -> Optional[Readline]:
@@ -1250,6 +1268,7 @@ class ReadlineConsole:
         self.saved_handlers: dict[int, Any] = {}
         self.completer: Callable[[str, str], list[str]] = lambda before, word: []
         self.matches: list[str] = []
+        self.suspended_input: tuple[bytes, int] = (b"", 0)  # typed before Ctrl-Z
         # kept referenced: readline holds a pointer to it
         self.line_handler = rl.line_handler_type(self._on_line)
 
@@ -1304,6 +1323,8 @@ class ReadlineConsole:
             self.prompt = prompt
             self.lib.rl_callback_handler_install(self._encode(prompt), self.line_handler)
             self.installed = True
+            self.rl.retype(*self.suspended_input)
+            self.suspended_input = (b"", 0)
         elif lines or prompt != self.prompt:
             if prompt != self.prompt:
                 self.prompt = prompt
@@ -1313,7 +1334,8 @@ class ReadlineConsole:
     def _suspend(self) -> None:
         """Ctrl-Z: give the terminal back as we found it, stop, and carry on when resumed."""
         if self.installed:
-            self._uninstall()  # update() installs it again, which redraws the prompt
+            self.suspended_input = self.rl.typed()
+            self._uninstall()  # update() installs it again: prompt and typed text
         os.kill(os.getpid(), signal.SIGSTOP)
 
     def accepted(self, line: str, echoed: bool) -> None:

@@ -17,7 +17,7 @@ import pexpect
 import pytest
 
 from tests.e2e.conftest import ServerHandle
-from tests.e2e.helpers import blocked_signals, logged_in
+from tests.e2e.helpers import RawClient, blocked_signals, logged_in, wait_until
 
 MakeServer = Callable[..., ServerHandle]
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,13 +141,22 @@ def test_two_clients_chat(console: Callable[..., Console]) -> None:
     alice.expect("[lobby] bob: hi alice, héllo 世界")
 
 
+def typing(
+    server: ServerHandle, console: Callable[..., Console], text: str, left: int = 0
+) -> tuple[RawClient, Console]:
+    """bob, and alice half-way through typing ``text``, the cursor ``left`` keys back."""
+    bob = logged_in(server.host, server.port, "bob")
+    alice = login(console, "alice")
+    alice.send(text)
+    alice.expect(text[-3:])  # readline has drawn all of it
+    alice.send("\x1b[D" * left)
+    return bob, alice
+
+
 def test_message_arriving_mid_typing_keeps_the_typed_text(
     server: ServerHandle, console: Callable[..., Console]
 ) -> None:
-    bob = logged_in(server.host, server.port, "bob")
-    alice = login(console, "alice")
-    alice.send("half-way")
-    alice.expect("half-way")
+    bob, alice = typing(server, console, "half-way")
     bob.send("interrupting you")
     alice.expect("[lobby] bob: interrupting you")
     alice.expect("lobby> half-way")  # prompt and typed text redrawn below it
@@ -156,14 +165,32 @@ def test_message_arriving_mid_typing_keeps_the_typed_text(
     bob.close()
 
 
+def process_state(pid: int) -> str:
+    """The one-letter state from /proc/PID/stat (T: stopped)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux procfs")
+def test_ctrl_z_then_resume_keeps_the_typed_text_and_cursor(
+    server: ServerHandle, console: Callable[..., Console]
+) -> None:
+    bob, alice = typing(server, console, "half-way", left=3)  # the cursor before "way"
+    alice.send("\x1a")  # Ctrl-Z: the terminal's SIGTSTP
+    wait_until(lambda: process_state(alice.child.pid) == "T", what="client stopped")
+    os.kill(alice.child.pid, signal.SIGCONT)  # what `fg` does
+    alice.expect("lobby> half-way")  # prompt and typed text redrawn
+    alice.line("the ")  # typed at the cursor kept from before
+    assert bob.expect("alice:") == "[lobby] alice: half-the way"
+    alice.line("bye")
+    assert alice.exit_status() == 0
+    bob.close()
+
+
 def test_message_arriving_keeps_the_cursor_where_it_was(
     server: ServerHandle, console: Callable[..., Console]
 ) -> None:
-    bob = logged_in(server.host, server.port, "bob")
-    alice = login(console, "alice")
-    alice.send("helloworld")
-    alice.expect("helloworld")
-    alice.send("\x1b[D" * 5)  # cursor left five times: between "hello" and "world"
+    bob, alice = typing(server, console, "helloworld", left=5)  # between hello and world
     bob.send("ping")
     alice.expect("[lobby] bob: ping")
     alice.expect("lobby> helloworld")
@@ -175,11 +202,8 @@ def test_message_arriving_keeps_the_cursor_where_it_was(
 def test_wide_characters_and_long_lines_survive_an_interruption(
     server: ServerHandle, console: Callable[..., Console]
 ) -> None:
-    bob = logged_in(server.host, server.port, "bob")
-    alice = login(console, "alice")
     text = "日本語のテキスト " * 12 + "終わり"  # wraps over several 80-column rows
-    alice.send(text)
-    alice.expect("終わり")  # readline has drawn all of it
+    bob, alice = typing(server, console, text)
     bob.send("x" * 200)
     alice.expect("[lobby] bob: " + "x" * 200)
     alice.line("👋")
