@@ -524,48 +524,52 @@ Event = Union[ServerLine, ServerClosed, Reconnected, ReconnectFailed, InputLine,
 class Inbox:
     """Where the other threads hand events to the main thread.
 
-    ``wakeup_fd`` lets the main thread wait in ``select`` on the terminal and
-    the inbox at once.
+    Every wait is a ``select`` on a self-pipe that ``post`` writes a byte to,
+    and so does a signal once ``catch_signals`` has run: a lock or condition
+    wait sleeps through a signal that arrives just before it starts (a Ctrl-C
+    then waited for the next line), a byte in the pipe cannot be missed.  The
+    readline console waits on ``wakeup_fd`` and the terminal at once.
     """
 
     def __init__(self) -> None:
         self._items: deque[Event] = deque()
-        self._cond = threading.Condition()
-        self._wake_r = -1
-        self._wake_w = -1
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
 
     def wakeup_fd(self) -> int:
-        if self._wake_r < 0:
-            self._wake_r, self._wake_w = os.pipe()
-            os.set_blocking(self._wake_r, False)
-            os.set_blocking(self._wake_w, False)
         return self._wake_r
 
+    def catch_signals(self) -> None:
+        """From the main thread: every signal also wakes whoever waits here."""
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
     def post(self, event: Event) -> None:
-        with self._cond:
+        with self._lock:
             self._items.append(event)
-            self._cond.notify()
         self.poke()
 
     def poke(self) -> None:
-        if self._wake_w >= 0:
-            try:
-                os.write(self._wake_w, b"\0")
-            except OSError:  # full: the main thread is already due to wake
-                pass
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:  # full: the main thread is already due to wake
+            pass
 
     def wait(self, timeout: Optional[float]) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: bool(self._items), timeout)
+        """Until an event, a poke, a signal or ``timeout``; ``drain`` takes what came."""
+        with self._lock:
+            if self._items:
+                return
+        select.select([self._wake_r], [], [], timeout)
 
     def drain(self) -> list[Event]:
-        if self._wake_r >= 0:
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except OSError:  # BlockingIOError: emptied
+        try:
+            while os.read(self._wake_r, 4096):
                 pass
-        with self._cond:
+        except OSError:  # BlockingIOError: emptied
+            pass
+        with self._lock:
             items = list(self._items)
             self._items.clear()
         return items
@@ -1488,6 +1492,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already reported
         return exc.code if isinstance(exc.code, int) else int(ExitCode.USAGE)
     inbox = Inbox()
+    inbox.catch_signals()
     if not sys.stdin.isatty():
         return ScriptedRunner(args, inbox, sys.stdin.fileno(), sys.stdout.buffer).run()
     out = sys.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 import _thread
 import os
 import select
+import signal
 import socket
 import threading
 import time
@@ -96,7 +97,7 @@ class ChatServer:
         self._wake = WakePipe()
         # Reader threads alive; the drain waits for this to reach zero.
         self._live = 0
-        self._live_cv = threading.Condition(threading.Lock())
+        self._live_lock = threading.Lock()
         self.started = threading.Event()
         self.stopped = threading.Event()
         self._watchdog: Optional[float] = None
@@ -267,7 +268,7 @@ class ChatServer:
         logsetup.log.info("client_connected", addr=addr, port=port, clients=self.hub.count())
         # A bare thread: threading.Thread's start-up handshake doubles the cost of
         # starting one and its objects add ~1.5 KB per client (see bench/README.md).
-        with self._live_cv:
+        with self._live_lock:
             self._live += 1
         try:
             _thread.start_new_thread(self._run_session, (session,))
@@ -284,10 +285,11 @@ class ChatServer:
             self._session_ended()
 
     def _session_ended(self) -> None:
-        with self._live_cv:
+        with self._live_lock:
             self._live -= 1
-            if self._live == 0:
-                self._live_cv.notify_all()
+            last = self._live == 0
+        if last:
+            self._wake.wake()  # a drain waiting for the last one
 
     def _housekeeping(self, now: float) -> None:
         limits = self.hub.cfg.limits
@@ -305,7 +307,7 @@ class ChatServer:
             )
 
     def session_threads(self) -> int:
-        with self._live_cv:
+        with self._live_lock:
             return self._live
 
     # --- the drain ----------------------------------------------------------------------
@@ -339,14 +341,24 @@ class ChatServer:
             messages_in=stats["messages_in"],
             connections=stats["connections"],
         )
+        self._release_signal_wakeup()
         self._wake.close()
         self.stopped.set()
 
+    def _release_signal_wakeup(self) -> None:
+        """A signal after this must not write to the pipe's number once it is closed."""
+        if threading.current_thread() is threading.main_thread():
+            old = signal.set_wakeup_fd(-1)
+            if old not in (-1, self._wake.write_fd):
+                signal.set_wakeup_fd(old)  # not ours: leave it as it was
+
     def _wait_sessions_gone(self, deadline: float) -> bool:
-        with self._live_cv:
-            while self._live:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._live_cv.wait(remaining)
+        # On the wake pipe, not a condition variable: a lock wait misses a signal
+        # that arrives just before it starts (its handler then ran only when the
+        # grace was over), while set_wakeup_fd has already put a byte in the pipe.
+        while self.session_threads():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._wake.wait(remaining)
         return True

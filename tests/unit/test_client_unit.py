@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -383,3 +387,29 @@ def test_help_documents_every_exit_code(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     for code in ExitCode:
         assert f"\n  {int(code)} " in out, code
+
+
+def test_inbox_wait_wakes_for_a_signal_that_came_just_before_it() -> None:
+    # A condition wait slept through such a signal: a Ctrl-C waited for the next line.
+    inbox = client.Inbox()
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    previous_fd = signal.set_wakeup_fd(-1)
+    try:
+        inbox.catch_signals()
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # handled by now
+        started = time.monotonic()
+        inbox.wait(30.0)
+        assert time.monotonic() - started < 10.0
+        assert inbox.drain() == []
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_inbox_post_from_another_thread_wakes_the_wait() -> None:
+    inbox = client.Inbox()
+    t = threading.Thread(target=inbox.post, args=(client.InputLine(b"hi"),))
+    t.start()
+    inbox.wait(30.0)  # returns at once if the post came first
+    t.join(10)
+    assert inbox.drain() == [client.InputLine(b"hi")]
