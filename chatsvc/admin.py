@@ -33,6 +33,9 @@ PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024
 REQUEST_TIMEOUT = 10.0
 MAX_CONNECTIONS = 16
+# On stop, how long requests already being handled get to send their reply
+# (the reply to `shutdown` itself is one of them).
+REPLY_GRACE = 2.0
 
 
 class AdminError(Exception):
@@ -88,6 +91,11 @@ class AdminServer:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._wake = WakePipe()
         self._stop = False
+        # Guards _conns and _busy.  A connection leaves _conns before it is
+        # closed, so stop() never shuts down a descriptor number reused since.
+        self._conns_cv = threading.Condition(threading.Lock())
+        self._conns: set[socket.socket] = set()
+        self._busy = 0  # requests read and not yet answered
         self._thread: Optional[threading.Thread] = None
         self.sock = self._bind(admin_cfg.mode, private_dir)
 
@@ -133,11 +141,22 @@ class AdminServer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting and remove the socket file (if it is still ours)."""
+        """Stop accepting, let replies being made go out, close the rest, remove the file.
+
+        Without the wait, ``shutdown`` could stop the process before its own
+        reply was sent (seen on a loaded machine).
+        """
         self._stop = True
         self._wake.wake()
         if self._thread is not None:
             self._thread.join(5)
+        with self._conns_cv:
+            self._conns_cv.wait_for(lambda: self._busy == 0, REPLY_GRACE)
+            for conn in self._conns:  # idle between requests: end their threads
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         self.sock.close()
         try:
             if os.stat(self.path).st_ino == self._inode:
@@ -174,6 +193,8 @@ class AdminServer:
     # --- one admin connection -----------------------------------------------------------
 
     def _serve(self, conn: socket.socket) -> None:
+        with self._conns_cv:
+            self._conns.add(conn)
         try:
             conn.setblocking(True)
             pid, uid, gid = struct.unpack(
@@ -192,6 +213,8 @@ class AdminServer:
         except OSError:
             pass  # the admin client went away
         finally:
+            with self._conns_cv:
+                self._conns.discard(conn)
             conn.close()
             self._slots.release()
 
@@ -225,7 +248,18 @@ class AdminServer:
                     return
                 assert isinstance(line, bytes)
                 if line.strip():
-                    self._send(conn, self._handle(line, uid, pid))
+                    self._answer(conn, line, uid, pid)
+
+    def _answer(self, conn: socket.socket, line: bytes, uid: int, pid: int) -> None:
+        with self._conns_cv:
+            self._busy += 1
+        try:
+            self._send(conn, self._handle(line, uid, pid))
+        finally:
+            with self._conns_cv:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._conns_cv.notify_all()
 
     def _handle(self, line: bytes, uid: int, pid: int) -> dict[str, Any]:
         cmd = "?"
