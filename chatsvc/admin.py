@@ -88,11 +88,11 @@ class AdminServer:
         self.path = path
         admin_cfg = server.cfg.admin
         self.gid = _group_id(admin_cfg.group)
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._wake = WakePipe()
         self._stop = False
-        # Guards _conns and _busy.  A connection leaves _conns before it is
-        # closed, so stop() never shuts down a descriptor number reused since.
+        # Guards _conns and _busy.  _conns holds every connection a thread
+        # serves (at most MAX_CONNECTIONS); one leaves it before it is closed,
+        # so stop() never shuts down a descriptor number reused since.
         self._conns_cv = threading.Condition(threading.Lock())
         self._conns: set[socket.socket] = set()
         self._busy = 0  # requests read and not yet answered
@@ -182,7 +182,11 @@ class AdminServer:
                 except OSError as exc:
                     logsetup.log.error("admin_accept_failed", error=exc.strerror)
                     continue
-                if not self._slots.acquire(blocking=False):
+                with self._conns_cv:
+                    full = len(self._conns) >= MAX_CONNECTIONS
+                    if not full:
+                        self._conns.add(conn)
+                if full:
                     self._send(conn, self._failure("failed", "too many admin connections"))
                     conn.close()
                     continue
@@ -193,8 +197,6 @@ class AdminServer:
     # --- one admin connection -----------------------------------------------------------
 
     def _serve(self, conn: socket.socket) -> None:
-        with self._conns_cv:
-            self._conns.add(conn)
         try:
             conn.setblocking(True)
             pid, uid, gid = struct.unpack(
@@ -216,7 +218,6 @@ class AdminServer:
             with self._conns_cv:
                 self._conns.discard(conn)
             conn.close()
-            self._slots.release()
 
     def _authorised(self, uid: int, gid: int) -> bool:
         if uid in (0, os.getuid()) or uid in self.server.cfg.admin.uids:

@@ -582,7 +582,7 @@ def connect(host: str, port: int) -> socket.socket:
     return sock
 
 
-# The signals the client acts on (see Terminal.start).
+# The signals the client acts on (see ReadlineConsole.start).
 HANDLED_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGTSTP, signal.SIGWINCH})
 
 
