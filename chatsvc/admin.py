@@ -328,7 +328,7 @@ class AdminServer:
         ban = _arg(req, "ban", (int, float), 0)
         if ban < 0:
             raise AdminError("bad_request", "ban must be a number of seconds >= 0")
-        if not self.hub.kick(name, reason, float(ban)):
+        if not self.hub.kick(name, reason, float(ban)).kicked:
             raise AdminError("not_found", f"no such user: {name}")
         logsetup.log.info("client_kicked", name=name, reason=reason, ban=ban)
         return {"kicked": name, "reason": reason, "ban": ban}, name

@@ -29,7 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any, Optional, Protocol
+from typing import Any, NamedTuple, Optional, Protocol
 
 from chatsvc import protocol
 from chatsvc.config import Config
@@ -144,6 +144,15 @@ LEAVE_SUFFIX = {
 }
 
 
+class KickResult(NamedTuple):
+    """What ``Hub.kick`` did: each part can happen without the others."""
+
+    kicked: bool  # a logged-in user of that name was disconnected
+    name_banned: bool  # the name is banned (until the ban's expiry)
+    address: Optional[str]  # the address banned too (only known for a kicked user)
+    also_closed: int  # other connections from that address closed by the address ban
+
+
 class Hub:
     def __init__(
         self,
@@ -164,6 +173,7 @@ class Hub:
         self.by_name: dict[str, Member] = {}
         self.per_ip: Counter[str] = Counter()
         self.bans: dict[str, float] = {}  # casefolded name -> monotonic expiry
+        self.address_bans: dict[str, float] = {}  # address -> monotonic expiry
         self.shutting_down = False
         # counters
         self.messages_in = 0
@@ -254,8 +264,14 @@ class Hub:
     def add(self, m: Member) -> str | None:
         """Admit a new connection, or say why not (``server_full``, ``per_ip_limit``)."""
         with self.lock:
+            expiry = self.address_bans.get(m.addr)
+            if expiry is not None and expiry <= time.monotonic():
+                del self.address_bans[m.addr]
+                expiry = None
             if self.shutting_down:
                 reason = "shutting_down"
+            elif expiry is not None:
+                reason = "banned"
             elif len(self.members) >= self.max_clients:
                 reason = "server_full"
             elif self.max_per_ip and self.per_ip[m.addr] >= self.max_per_ip:
@@ -437,24 +453,74 @@ class Hub:
         self._done()
         return final_reason
 
-    def kick(self, name: str, reason: str, ban_seconds: float = 0) -> bool:
-        """Kick a logged-in user; False if there is no such user."""
+    def kick(
+        self, name: str, reason: str, ban_seconds: float = 0, ban_address: bool = False
+    ) -> KickResult:
+        """Kick a logged-in user, optionally banning the name and/or its address.
+
+        A name ban is set even when nobody holds the name (a pre-emptive ban);
+        an address ban needs the user's connection to know the address, and
+        closes every other connection from that address too.
+        """
+        key = name.casefold()
+        address: Optional[str] = None
+        also = 0
         with self.lock:
-            m = self.by_name.get(name.casefold())
+            m = self.by_name.get(key)
             if ban_seconds > 0:
-                self.bans[name.casefold()] = time.monotonic() + ban_seconds
-            if m is None or m.closing is not None:
-                return False
-            self.kicks += 1
-            self._begin_close(
-                m,
-                "kicked",
-                protocol.notice(f"you were kicked: {reason}"),
-                flush=True,
-                kicked=reason,
-            )
+                self.bans[key] = time.monotonic() + ban_seconds
+            kicked = m is not None and m.closing is None
+            if m is not None and kicked:
+                self.kicks += 1
+                final = protocol.notice(f"you were kicked: {reason}")
+                self._begin_close(m, "kicked", final, flush=True, kicked=reason)
+                if ban_address and ban_seconds > 0:
+                    address = m.addr
+                    self.address_bans[address] = time.monotonic() + ban_seconds
+                    also = self._close_address(address, final, reason)
         self._done()
-        return True
+        return KickResult(kicked, ban_seconds > 0, address, also)
+
+    def _close_address(self, address: str, final: bytes, reason: str) -> int:
+        """Close every open connection from ``address``; lock held."""
+        n = 0
+        for x in list(self.members):
+            if x.addr == address and x.closing is None:
+                self._begin_close(x, "kicked", final, flush=True, kicked=reason)
+                n += 1
+        return n
+
+    def ban_address(self, address: str, seconds: float, reason: str) -> int:
+        """Ban an address for ``seconds``; closes its connections, returns how many."""
+        with self.lock:
+            self.address_bans[address] = time.monotonic() + seconds
+            final = protocol.notice(f"you were kicked: {reason}")
+            n = self._close_address(address, final, reason)
+            self.kicks += n
+        self._done()
+        return n
+
+    def unban(self, name: Optional[str] = None, address: Optional[str] = None) -> bool:
+        """Lift a name or address ban; False if there was none."""
+        with self.lock:
+            found = False
+            if name is not None:
+                found = self.bans.pop(name.casefold(), None) is not None
+            if address is not None:
+                found = self.address_bans.pop(address, None) is not None or found
+            return found
+
+    def ban_list(self) -> list[dict[str, Any]]:
+        """Bans in force: kind, what, seconds left."""
+        now = time.monotonic()
+        with self.lock:
+            names = [("name", k, e) for k, e in self.bans.items()]
+            addrs = [("address", a, e) for a, e in self.address_bans.items()]
+        return [
+            {"kind": kind, "what": what, "expires_in": round(expiry - now, 1)}
+            for kind, what, expiry in names + addrs
+            if expiry > now
+        ]
 
     def announce(self, text: str, room: Optional[str] = None) -> int:
         """A server notice to one room or to every logged-in member; how many got it."""
@@ -472,9 +538,9 @@ class Hub:
         """Close members idle too long or still nameless too long; returns them."""
         closed: list[Member] = []
         with self.lock:
-            if self.bans:  # forget expired bans of names nobody tried again
-                for key in [k for k, expiry in self.bans.items() if expiry <= now]:
-                    del self.bans[key]
+            for bans in (self.bans, self.address_bans):  # forget expired bans
+                for key in [k for k, expiry in bans.items() if expiry <= now]:
+                    del bans[key]
             for m in self.members:
                 if m.closing is not None:
                     continue

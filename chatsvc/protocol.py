@@ -7,7 +7,8 @@ I/O.  ``docs/protocol.md`` is the prose version of this module.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple, Union
+import unicodedata
+from typing import NamedTuple, Optional, Union
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 RESERVED_NAMES = frozenset(
@@ -15,6 +16,13 @@ RESERVED_NAMES = frozenset(
 )
 # C0 controls except TAB, DEL and the C1 range: they could drive other users' terminals.
 _CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# Runs of blanks are squeezed to one space in chat text: a long run could push
+# a forged "[lobby] alice: ..." to the start of its own row on a terminal that
+# wraps at 80 columns while the rest of the line looked innocent.
+_BLANKS_RE = re.compile("[ \t]{2,}|\t")
+# Allowed although it is a format character: it joins emoji sequences and moves
+# nothing on the screen.
+_ZWJ = "\u200d"
 MAX_NAME_TRIES = 5
 
 HELP_LINES = (
@@ -100,9 +108,35 @@ def decode(raw: bytes) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise DecodeError("invalid UTF-8; line discarded (set your terminal to UTF-8)") from None
-    if _CONTROL_RE.search(text):
-        raise DecodeError("control characters are not allowed; line discarded")
+    why = text_problem(text)
+    if why is not None:
+        raise DecodeError(why + "; line discarded")
     return text
+
+
+def text_problem(text: str) -> Optional[str]:
+    """Why ``text`` may not appear on a line others see, or None if it may.
+
+    Refused: C0/C1 controls other than TAB (they drive terminals), line and
+    paragraph separators (a second line inside one), and invisible format
+    characters such as bidi overrides (U+202E) or zero-width spaces, which make
+    text look like something else.  The zero-width joiner of emoji is allowed.
+    The same rule holds for users' lines and for operators' texts (kick and
+    shutdown reasons, broadcasts).
+    """
+    if _CONTROL_RE.search(text):
+        return "control characters are not allowed"
+    if text.isascii():
+        return None
+    for ch in text:
+        if ch > "\x7f" and ch != _ZWJ and unicodedata.category(ch) in ("Cf", "Zl", "Zp"):
+            return f"invisible or direction-changing characters (U+{ord(ch):04X}) are not allowed"
+    return None
+
+
+def squeeze(text: str) -> str:
+    """Chat text as others see it: tabs and runs of blanks become one space."""
+    return _BLANKS_RE.sub(" ", text) if ("  " in text or "\t" in text) else text
 
 
 class Command(NamedTuple):
@@ -132,9 +166,9 @@ def parse(text: str) -> Command:
     if stripped.lower() == "bye":
         return Command("quit")
     if not text.startswith("/"):
-        return Command("chat", text=text)
+        return Command("chat", text=squeeze(text))
     if text.startswith("//"):
-        return Command("chat", text=text[1:])
+        return Command("chat", text=squeeze(text[1:]))
     word, _, rest = text[1:].partition(" ")
     kind = word.lower()
     rest = rest.strip()
@@ -145,7 +179,7 @@ def parse(text: str) -> Command:
     if kind == "msg":
         target, _, body = rest.partition(" ")
         body = body.strip()
-        return Command("msg", arg=target, text=body) if target and body else _usage(kind)
+        return Command("msg", arg=target, text=squeeze(body)) if target and body else _usage(kind)
     if rest:
         return _usage(kind)
     return Command(kind)

@@ -44,6 +44,7 @@ REFUSAL_TEXT = {
     "server_full": "server full, try again later",
     "per_ip_limit": "too many connections from your address",
     "shutting_down": "server shutting down",
+    "banned": "your address is banned from this server",
 }
 
 

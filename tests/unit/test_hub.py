@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import chatsvc.hub
 from chatsvc import config, protocol
-from chatsvc.hub import Hub, Member, NullWriter
+from chatsvc.hub import Hub, KickResult, Member, NullWriter
 
 CAP = 4096
 
@@ -132,7 +132,7 @@ def test_a_closing_member_cannot_log_in(hub: Hub) -> None:
 
 def test_a_ban_refuses_login_until_it_expires(hub: Hub, clock: FakeClock) -> None:
     bob = connect(hub, "bob")
-    assert hub.kick("bob", "spam", ban_seconds=60)
+    assert hub.kick("bob", "spam", ban_seconds=60).kicked
     hub.remove(bob, "eof")
 
     clock.now += 30
@@ -149,7 +149,7 @@ def test_a_ban_refuses_login_until_it_expires(hub: Hub, clock: FakeClock) -> Non
 
 
 def test_a_ban_applies_to_a_name_nobody_holds(hub: Hub, clock: FakeClock) -> None:
-    assert hub.kick("mallory", "pre-emptive", ban_seconds=10) is False
+    assert not hub.kick("mallory", "pre-emptive", ban_seconds=10).kicked
     m = connect(hub)
     assert hub.login(m, "mallory") is not None
     clock.now += 11
@@ -350,7 +350,7 @@ def test_kick(hub: Hub) -> None:
     alice, bob = connect(hub, "alice"), connect(hub, "bob")
     drain(hub, alice)
     hub.say(bob, "spam spam")
-    assert hub.kick("BOB", "spamming") is True
+    assert hub.kick("BOB", "spamming").kicked
     assert lines(bob)[-1] == "* you were kicked: spamming"
     assert lines(alice) == ["[lobby] bob: spam spam", "* bob was kicked (spamming)"]
     assert bob.closing == "kicked"
@@ -365,14 +365,14 @@ def test_kick(hub: Hub) -> None:
 
 def test_kick_an_unknown_user(hub: Hub) -> None:
     connect(hub, "alice")
-    assert hub.kick("zed", "why") is False
+    assert not hub.kick("zed", "why").kicked
     assert hub.kicks == 0
 
 
 def test_kick_twice(hub: Hub) -> None:
     connect(hub, "bob")
-    assert hub.kick("bob", "one")
-    assert hub.kick("bob", "two") is False
+    assert hub.kick("bob", "one").kicked
+    assert not hub.kick("bob", "two").kicked
     assert hub.kicks == 1
 
 
@@ -466,7 +466,7 @@ def test_kicking_a_member_with_a_nearly_full_queue() -> None:
     alice, bob = connect(hub, "alice"), connect(hub, "bob")
     drain(hub, alice)
     fill(hub, bob, 10)
-    assert hub.kick("bob", "spamming")
+    assert hub.kick("bob", "spamming").kicked
     assert hub.writer.closing.count(bob) == 1
     assert lines(alice) == ["* bob was kicked (spamming)"]
     assert bob.closing == "kicked"
@@ -844,3 +844,25 @@ def test_reap_forgets_expired_bans(hub: Hub, monkeypatch: pytest.MonkeyPatch) ->
     now[0] += 61
     hub.reap(now=now[0], idle_timeout=0, login_timeout=30)
     assert hub.bans == {}
+
+
+def test_address_ban_refuses_new_connections_and_closes_the_others() -> None:
+    hub = make_hub()
+    bob = connect(hub, "bob", addr="10.0.0.7")
+    twin = connect(hub, "twin", addr="10.0.0.7")
+    other = connect(hub, "carol", addr="10.0.0.8")
+    result = hub.kick("bob", "spam", ban_seconds=60, ban_address=True)
+    assert result == KickResult(True, True, "10.0.0.7", 1)
+    assert bob.closing == "kicked" and twin.closing == "kicked" and other.closing is None
+    assert hub.add(Member("10.0.0.7", 1)) == "banned"
+    assert hub.add(Member("10.0.0.8", 2)) is None
+    assert [b["what"] for b in hub.ban_list()] == ["bob", "10.0.0.7"]
+    assert hub.unban(address="10.0.0.7") and not hub.unban(address="10.0.0.7")
+    assert hub.add(Member("10.0.0.7", 3)) is None
+
+
+def test_kick_of_an_absent_name_still_sets_the_name_ban() -> None:
+    hub = make_hub()
+    result = hub.kick("ghost", "pre-emptive", ban_seconds=30, ban_address=True)
+    assert result == KickResult(False, True, None, 0)
+    assert "ghost" in hub.bans

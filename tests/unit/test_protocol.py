@@ -200,7 +200,10 @@ def test_decode_returns_text_or_raises_decode_error(raw: bytes) -> None:
         assert text.encode() == raw
 
 
-@given(st.text(st.characters(blacklist_categories=("Cc", "Cs")) | st.just("\t"), max_size=40))
+_VISIBLE = st.characters(blacklist_categories=("Cc", "Cs", "Cf", "Zl", "Zp"))
+
+
+@given(st.text(_VISIBLE | st.just("\t"), max_size=40))
 def test_decode_round_trips_text_without_controls(text: str) -> None:
     assert protocol.decode(text.encode()) == text
 
@@ -212,7 +215,8 @@ def test_decode_round_trips_text_without_controls(text: str) -> None:
     "line, command",
     [
         ("hello", Command("chat", text="hello")),
-        ("  indented text ", Command("chat", text="  indented text ")),
+        ("  indented text ", Command("chat", text=" indented text ")),
+        ("a\tb  c   d", Command("chat", text="a b c d")),
         ("a/b", Command("chat", text="a/b")),
         ("//text", Command("chat", text="/text")),
         ("//join work", Command("chat", text="/join work")),
@@ -233,7 +237,7 @@ def test_decode_round_trips_text_without_controls(text: str) -> None:
         ("/join ", Command("usage", arg="/join ROOM")),
         ("/join a b", Command("usage", arg="/join ROOM")),
         ("/msg bob hi there", Command("msg", arg="bob", text="hi there")),
-        ("/MSG bob  spaced  out ", Command("msg", arg="bob", text="spaced  out")),
+        ("/MSG bob  spaced  out ", Command("msg", arg="bob", text="spaced out")),
         ("/msg bob", Command("usage", arg="/msg NAME TEXT")),
         ("/msg bob   ", Command("usage", arg="/msg NAME TEXT")),
         ("/msg", Command("usage", arg="/msg NAME TEXT")),
@@ -260,12 +264,27 @@ def test_parse_never_raises(line: str) -> None:
 
 
 @given(st.text(max_size=80).filter(lambda s: not s.startswith("/") and s.strip()))
-def test_plain_text_is_chat_verbatim_unless_it_is_bye(line: str) -> None:
+def test_plain_text_is_chat_squeezed_unless_it_is_bye(line: str) -> None:
     command = protocol.parse(line)
     if line.strip().lower() == "bye":
         assert command == Command("quit")
     else:
-        assert command == Command("chat", text=line)
+        assert command == Command("chat", text=protocol.squeeze(line))
+        assert "  " not in command.text and "\t" not in command.text
+
+
+@pytest.mark.parametrize(
+    "char", ["\u202e", "\u2066", "\u200b", "\u200e", "\ufeff", "\u2028", "\u2029", "\u061c"]
+)
+def test_invisible_and_direction_changing_characters_are_refused(char: str) -> None:
+    assert protocol.text_problem(f"a{char}b") is not None
+    with pytest.raises(DecodeError, match=f"U\\+{ord(char):04X}"):
+        protocol.decode(f"a{char}b".encode())
+
+
+def test_emoji_sequences_with_zero_width_joiner_pass() -> None:
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    assert protocol.decode(family.encode()) == family
 
 
 # --- names ----------------------------------------------------------------------
