@@ -21,7 +21,7 @@ import struct
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from chatsvc import __version__, logsetup, protocol
+from chatsvc import __version__, events, logsetup, protocol
 from chatsvc.adminpath import ensure_private_dir
 from chatsvc.errors import StartupError
 from chatsvc.wakeup import WakePipe, block_process_signals
@@ -342,7 +342,7 @@ class AdminServer:
             raise AdminError(
                 "not_found", f"no such room: {room} (rooms: {', '.join(self.hub.rooms)})"
             )
-        n = self.hub.announce(text, room)
+        n = self.hub.announce(events.Announcement(text, room), room)
         return {"delivered_to": n, "room": room}, room
 
     def admin_stats(self, req: dict[str, Any]) -> tuple[dict[str, Any], Optional[str]]:

@@ -1,26 +1,32 @@
-"""The shared state: rooms, the name -> member map, bans and counters.
+"""The shared state: rooms, the name -> member map, bans, counters, the live config.
 
 Who calls in
   * each session's reader thread: ``add``/``login``/``say``/``join``/``private``/
-    ``reply``/``close``/``remove``;
-  * the accept loop (main thread): ``add``, ``reap``, ``begin_shutdown``;
-  * the writer thread: takes members' outboxes (``Member.out``) under ``lock``;
-  * admin threads: ``kick``, ``announce``, ``stats``, ``rooms``, ``users``.
+    ``tell``/``room_list``/``who``/``close``/``remove``;
+  * the accept loop (main thread): ``add``, ``reap``, ``apply`` (reload),
+    ``begin_shutdown``, ``force_close_all``, ``announce``;
+  * the writer threads: ``collect`` (take their mailbox) and ``sent``;
+  * admin threads: ``kick``, ``ban_address``, ``unban``, ``ban_list``,
+    ``announce`` and the views (``room_members``, ``users``, ``stats``, ``count``);
+  * a multi-node backend's reader thread: ``deliver_remote``.
 
 Lock discipline
-  One lock, ``Hub.lock``.  It guards every map and counter here and the outbound
-  fields of every member (``out``, ``queued``, ``dirty``, ``closing``).  It is held
-  only to change maps and to append ready-encoded lines to outboxes -- never
-  around socket I/O and never around logging: methods collect what to log and
-  log after releasing it, and wake the writer (a pipe write) after releasing it.
-  Because every line for a room is appended while the lock is held, all members
-  of a room see the room's lines in the same order.
+  One lock, ``Hub.lock``, created here and taken only by this module's methods.
+  It guards every map and counter here, the live config reference, every
+  field of every :class:`Member` marked "hub" and every :class:`Mailbox`.  It is
+  held only to change maps, render events and append bytes to outboxes --
+  never around socket I/O or logging: methods return what to log, and wake the
+  writers (a pipe write) after releasing it.  Because every line for a room is
+  appended while the lock is held, all members of a room see the room's lines
+  in the same order.
 
-Fan-out seam
-  Room delivery goes through ``Hub.backend`` (:class:`RoomBackend`).  The embedded
-  default, :class:`LocalBackend`, appends to local members' outboxes.  A
-  multi-node backend (e.g. Redis pub/sub) would publish there and feed lines
-  received from other nodes back through ``Hub.deliver_remote``.
+Events
+  The hub fans out typed events (``chatsvc.events``); each member's dialect
+  renders them, once per dialect per broadcast.  Room delivery goes through
+  ``Hub.backend`` (:class:`RoomBackend`).  The embedded default,
+  :class:`LocalBackend`, appends to local members' outboxes; a multi-node
+  backend would publish the event and feed events from other nodes back
+  through ``deliver_remote``.
 """
 
 from __future__ import annotations
@@ -28,97 +34,112 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple, Optional, Protocol
+from typing import Any, Callable, NamedTuple, Optional, Protocol
 
-from chatsvc import protocol
+from chatsvc import events
 from chatsvc.config import Config
+from chatsvc.dialects import LINE, Dialect
+from chatsvc.events import Error, Event, RoomEvent
+
+
+class Mailbox:
+    """A writer thread's in-tray.  Every field is guarded by ``Hub.lock``."""
+
+    __slots__ = ("stop", "to_close", "to_retire", "to_send", "wake", "wake_owed")
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.to_send: list[Member] = []  # members whose outbox has bytes
+        self.to_close: list[Member] = []  # members whose close began
+        self.to_retire: list[Member] = []  # members whose reader thread ended
+        self.wake_owed = False  # a wake is pending: don't write the pipe again
+        self.stop = False
+        self.wake = wake  # called after the lock is released
+
+    def _claim_wake(self) -> bool:
+        if not self.wake_owed and (self.to_send or self.to_close or self.to_retire or self.stop):
+            self.wake_owed = True
+            return True
+        return False
 
 
 class Member:
-    """One connection as the hub and the writer see it (``Session`` extends it)."""
+    """One connection as the hub sees it.  Fields by owner:
+
+    * fixed at creation, read by anyone: ``addr``, ``port``, ``connected_at``,
+      ``connected_mono``, ``dialect``, ``link`` (the writer's per-connection
+      state; only the writer thread looks inside it);
+    * written by the member's reader thread only, read without the lock by
+      the reaper and the views (single attribute stores): ``last_active``,
+      ``throttled``;
+    * hub, guarded by ``Hub.lock``: everything else.
+    """
 
     __slots__ = (
         "addr",
         "close_flush",
-        "closing",
+        "close_reason",
         "connected_at",
         "connected_mono",
-        "dirty",
+        "dialect",
         "key",
         "last_active",
+        "link",
+        "mailbox",
         "msgs_sent",
         "name",
-        "out",
+        "outbox",
         "port",
         "queued",
         "room",
+        "scheduled",
         "throttled",
-        "w",
     )
 
-    def __init__(self, addr: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, addr: str = "127.0.0.1", port: int = 0, dialect: Dialect = LINE, link: Any = None
+    ) -> None:
         self.addr = addr
         self.port = port
+        self.dialect = dialect
+        self.link = link
+        self.connected_at = time.time()
+        self.connected_mono = time.monotonic()  # the login timeout counts from here
+        # reader thread
+        self.last_active = self.connected_mono
+        self.throttled = False
+        # hub
         self.name: Optional[str] = None  # set at login
         self.key: Optional[str] = None  # casefolded name, the key in Hub.by_name
         self.room: Optional[str] = None
-        self.connected_at = time.time()
-        self.connected_mono = time.monotonic()  # the login timeout counts from here
-        self.last_active = self.connected_mono
         self.msgs_sent = 0
-        self.throttled = False
-        # Outbound state, guarded by Hub.lock; the writer drains ``out``.
-        self.out: list[bytes] = []
-        self.queued = 0  # bytes in ``out`` plus bytes the writer holds unsent
-        self.dirty = False  # already on the writer's list
-        self.closing: Optional[str] = None  # disconnect reason once closing began
+        self.outbox: list[bytes] = []  # rendered lines the writer has not taken yet
+        self.queued = 0  # bytes in ``outbox`` plus bytes the writer holds unsent
+        self.scheduled = False  # on its mailbox's ``to_send`` list
+        self.close_reason: Optional[str] = None  # set once closing began
         self.close_flush = True  # deliver what is queued before closing
-        self.w: Writer = _UNASSIGNED  # the writer that serves it, set by Hub.add
+        self.mailbox: Mailbox = _NO_WRITER  # set by Hub.add
 
     @property
     def label(self) -> str:
         return self.name or f"{self.addr}:{self.port}"
 
 
-class Writer(Protocol):
-    """What the hub needs from the outbound writer (see ``chatsvc.outbound``).
-
-    ``dirty``, ``closing`` and ``retired`` are lists guarded by ``Hub.lock``;
-    ``claim_wake`` is called with the lock held, ``wake`` after releasing it.
-    """
-
-    dirty: list[Member]
-    closing: list[Member]
-    retired: list[Member]
-
-    def claim_wake(self) -> bool: ...
-
-    def wake(self) -> None: ...
+_NO_WRITER = Mailbox(lambda: None)
 
 
-class NullWriter:
-    """A writer that never sends: for unit tests of the hub's logic."""
+class Batch(NamedTuple):
+    """What a writer takes from its mailbox in one step (see ``Hub.collect``)."""
 
-    def __init__(self) -> None:
-        self.dirty: list[Member] = []
-        self.closing: list[Member] = []
-        self.retired: list[Member] = []
-
-    def claim_wake(self) -> bool:
-        return False
-
-    def wake(self) -> None:
-        pass
-
-
-_UNASSIGNED: Writer = NullWriter()
+    sends: list[tuple[Member, bytes]]
+    closes: list[tuple[Member, bool]]  # (member, flush first)
+    retires: list[tuple[Member, bool, bool]]  # (member, flush first, more bytes coming)
+    stop: bool
 
 
 class RoomBackend(Protocol):
     """Where room fan-out goes; called with ``Hub.lock`` held, must not block."""
 
-    def publish(self, room: str, line: bytes, exclude: Optional[Member]) -> None: ...
+    def publish(self, room: str, event: RoomEvent, exclude: Optional[Member]) -> None: ...
 
 
 class LocalBackend:
@@ -127,21 +148,8 @@ class LocalBackend:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    def publish(self, room: str, line: bytes, exclude: Optional[Member]) -> None:
-        self._hub.deliver_local(room, line, exclude)
-
-
-# Why a member left, as the room is told (None: say nothing).
-LEAVE_SUFFIX = {
-    "bye": "",
-    "eof": " (disconnected)",
-    "error": " (connection lost)",
-    "idle": " (idle)",
-    "flood": " (flood)",
-    "send_queue_exceeded": " (too slow)",
-    "login_timeout": "",
-    "name_rejected": "",
-}
+    def publish(self, room: str, event: RoomEvent, exclude: Optional[Member]) -> None:
+        self._hub.deliver_local(room, event, exclude)
 
 
 class KickResult(NamedTuple):
@@ -154,18 +162,11 @@ class KickResult(NamedTuple):
 
 
 class Hub:
-    def __init__(
-        self,
-        cfg: Config,
-        writers: Sequence[Writer] = (),
-        lock: threading.Lock | None = None,
-    ) -> None:
-        self.lock = lock or threading.Lock()
-        # Members are spread over the writers round-robin; each writer sends to
-        # and closes only its own members' sockets.
-        self.writers: list[Writer] = list(writers) or [NullWriter()]
-        self.writer = self.writers[0]
-        self._next_writer = 0
+    def __init__(self, cfg: Config) -> None:
+        self.lock = threading.Lock()
+        self.cfg = cfg  # the live config: replaced whole by ``apply``, never copied
+        self.mailboxes: list[Mailbox] = []
+        self._next_mailbox = 0
         self.backend: RoomBackend = LocalBackend(self)
         self.started_at = time.time()
         self.rooms: dict[str, dict[Member, None]] = {r: {} for r in cfg.rooms.names}
@@ -184,248 +185,269 @@ class Hub:
         self.logins = 0
         self.drops: Counter[str] = Counter()  # disconnect reason -> count
         self.refused: Counter[str] = Counter()
-        self.apply(cfg)
 
     def apply(self, cfg: Config) -> None:
-        """Take the run-time-changeable settings (limits, logging flags) from ``cfg``."""
-        self.cfg = cfg
-        self.default_room = cfg.rooms.default
-        self.send_cap = cfg.limits.send_queue_bytes
-        self.announce_limit = cfg.rooms.announce_limit
-        self.max_clients = cfg.server.max_clients
-        self.max_per_ip = cfg.server.max_clients_per_ip
+        """Make ``cfg`` the live config (reload); the rooms never change at run time."""
+        with self.lock:
+            self.cfg = cfg
+
+    def new_mailbox(self, wake: Callable[[], None]) -> Mailbox:
+        """A mailbox for a writer thread; members are spread over them round-robin."""
+        box = Mailbox(wake)
+        with self.lock:
+            self.mailboxes.append(box)
+        return box
 
     # --- enqueueing (lock held) --------------------------------------------------
 
-    def _put(self, m: Member, line: bytes) -> None:
-        """Append one line to a member's outbox; lock held."""
-        if m.closing is not None and not m.close_flush:
-            return
+    def _put(self, m: Member, event: Event, reply: bool = False) -> int:
+        """Render ``event`` for ``m`` and append it to its outbox; lock held.
+
+        Past ``send_queue_bytes`` the member is cut (it stopped reading) -- except
+        for a ``reply`` to its own request while its queue is within the bound:
+        a reply the server generates may take the queue over the bound once, by
+        its own size, so asking never gets the asker cut.  Returns the bytes queued.
+        """
+        if m.close_reason is not None and not m.close_flush:
+            return 0
+        line = m.dialect.render(event)
+        cap = self.cfg.limits.send_queue_bytes
         q = m.queued + len(line)
-        if q > self.send_cap and m.closing is None:
+        if q > cap and m.close_reason is None and not (reply and m.queued <= cap):
             self._begin_close(m, "send_queue_exceeded", None, flush=False)
-            return
+            return 0
         m.queued = q
-        m.out.append(line)
-        if not m.dirty:
-            m.dirty = True
-            m.w.dirty.append(m)
+        m.outbox.append(line)
+        if not m.scheduled:
+            m.scheduled = True
+            m.mailbox.to_send.append(m)
+        return len(line)
 
     @staticmethod
-    def _drop_out(m: Member) -> None:
-        """Forget what is queued in the outbox (not what the writer holds); lock held."""
-        if m.out:
-            m.queued -= sum(map(len, m.out))
-            m.out.clear()
+    def _drop_outbox(m: Member) -> None:
+        """Forget what is in the outbox (not what the writer holds); lock held."""
+        if m.outbox:
+            m.queued -= sum(map(len, m.outbox))
+            m.outbox.clear()
 
-    def deliver_local(self, room: str, line: bytes, exclude: Optional[Member] = None) -> None:
-        """Append ``line`` to every local member of ``room``; lock held."""
-        n = len(line)
-        cap = self.send_cap
+    def deliver_local(self, room: str, event: RoomEvent, exclude: Optional[Member] = None) -> None:
+        """Append ``event`` to every local member of ``room``, rendered once per dialect.
+
+        Lock held.
+        """
+        cap = self.cfg.limits.send_queue_bytes
         over: list[Member] = []
-        count = 0
+        rendered: dict[Dialect, bytes] = {}
+        dialect: Optional[Dialect] = None
+        line = b""
+        n = 0
+        out = 0
         for m in self.rooms[room]:
             if m is exclude:
                 continue
+            if m.dialect is not dialect:
+                dialect = m.dialect
+                line = rendered.get(dialect) or rendered.setdefault(dialect, dialect.render(event))
+                n = len(line)
             q = m.queued + n
             if q > cap:
                 over.append(m)
                 continue
             m.queued = q
-            m.out.append(line)
-            count += 1
-            if not m.dirty:
-                m.dirty = True
-                m.w.dirty.append(m)
-        self.bytes_out += n * count
+            m.outbox.append(line)
+            out += n
+            if not m.scheduled:
+                m.scheduled = True
+                m.mailbox.to_send.append(m)
+        self.bytes_out += out
         for m in over:
             self._begin_close(m, "send_queue_exceeded", None, flush=False)
 
-    def deliver_remote(self, room: str, line: bytes) -> None:
-        """Entry point for lines a multi-node backend received from another node."""
+    def deliver_remote(self, room: str, event: RoomEvent) -> None:
+        """Entry point for events a multi-node backend received from another node."""
         with self.lock:
             if room in self.rooms:
-                self.deliver_local(room, line)
-        self._done()
+                self.deliver_local(room, event)
+            owed = self._owed()
+        _wake(owed)
 
-    def _announce_membership(self, room: str, text: str, exclude: Member) -> None:
-        if len(self.rooms[room]) <= self.announce_limit:
-            self.backend.publish(room, protocol.notice(text), exclude)
+    def _announce_membership(self, room: str, event: RoomEvent, exclude: Member) -> None:
+        if len(self.rooms[room]) <= self.cfg.rooms.announce_limit:
+            self.backend.publish(room, event, exclude)
 
-    def _done(self) -> None:
-        """Release-time duty of every public method: wake the writers that are owed."""
-        with self.lock:
-            owed = [w for w in self.writers if w.claim_wake()]
-        for w in owed:
-            w.wake()
+    def _owed(self) -> list[Mailbox]:
+        """Lock held, at the end of every public method: the writers to wake after it."""
+        return [b for b in self.mailboxes if b._claim_wake()]
 
     # --- connections -------------------------------------------------------------
 
-    def add(self, m: Member) -> str | None:
-        """Admit a new connection, or say why not (``server_full``, ``per_ip_limit``)."""
+    def add(self, m: Member) -> Optional[str]:
+        """Admit a new connection, or the refusal reason (``server_full``, ...)."""
         with self.lock:
             expiry = self.address_bans.get(m.addr)
             if expiry is not None and expiry <= time.monotonic():
                 del self.address_bans[m.addr]
                 expiry = None
+            server = self.cfg.server
             if self.shutting_down:
                 reason = "shutting_down"
             elif expiry is not None:
                 reason = "banned"
-            elif len(self.members) >= self.max_clients:
+            elif len(self.members) >= server.max_clients:
                 reason = "server_full"
-            elif self.max_per_ip and self.per_ip[m.addr] >= self.max_per_ip:
+            elif server.max_clients_per_ip and self.per_ip[m.addr] >= server.max_clients_per_ip:
                 reason = "per_ip_limit"
             else:
                 self.members[m] = None
-                m.w = self.writers[self._next_writer]
-                self._next_writer = (self._next_writer + 1) % len(self.writers)
+                if not self.mailboxes:  # no writer threads (unit tests of this logic)
+                    self.mailboxes.append(Mailbox(lambda: None))
+                m.mailbox = self.mailboxes[self._next_mailbox % len(self.mailboxes)]
+                self._next_mailbox += 1
                 self.per_ip[m.addr] += 1
                 self.connections += 1
                 return None
             self.refused[reason] += 1
             return reason
 
-    def login(self, m: Member, name: str) -> str | None:
-        """Register ``name`` and join the default room; the reason if refused."""
+    def login(self, m: Member, name: str) -> Optional[Error]:
+        """Register ``name`` and join the default room; why not, if refused."""
         key = name.casefold()
         with self.lock:
-            if m.closing is not None:
-                return "closing"
+            if m.close_reason is not None:
+                return events.error("closing")
             expiry = self.bans.get(key)
             if expiry is not None:
                 left = expiry - time.monotonic()
                 if left > 0:
-                    return f"the name {name} is banned for another {left:.0f} s"
+                    return events.error("name_banned", name=name, seconds=left)
                 del self.bans[key]
             if key in self.by_name:
-                return f"name taken: {name}"
+                return events.error("name_taken", name=name)
             m.name, m.key = name, key
             self.by_name[key] = m
             self.logins += 1
-            room = self.default_room
+            room = self.cfg.rooms.default
             self.rooms[room][m] = None
             m.room = room
-            self._announce_membership(room, f"{name} joined {room}", m)
-            self._put(m, protocol.notice(f"hello {name}, you are in {room}"))
-        self._done()
+            self._announce_membership(room, events.Joined(room, name), m)
+            self._put(m, events.Hello(name, room), reply=True)
+            owed = self._owed()
+        _wake(owed)
         return None
 
-    def join(self, m: Member, room: str) -> str | None:
-        """Move ``m`` to ``room``; an error text if that is not possible."""
+    def join(self, m: Member, room: str) -> Optional[Error]:
+        """Move ``m`` to ``room``; why not, if that is not possible."""
         with self.lock:
             old = m.room
             if room not in self.rooms:
-                return f"no such room: {room} (rooms: {', '.join(self.rooms)})"
-            if old is None or m.closing is not None:
-                return "not in a room"
+                return events.error("no_such_room", room=room, rooms=", ".join(self.rooms))
+            if old is None or m.close_reason is not None or m.name is None:
+                return events.error("not_in_room")
             if room == old:
-                return f"you are already in {room}"
+                return events.error("already_in_room", room=room)
             del self.rooms[old][m]
-            self._announce_membership(old, f"{m.name} left {old}", m)
+            self._announce_membership(old, events.Left(old, m.name, "moved"), m)
             self.rooms[room][m] = None
             m.room = room
-            self._announce_membership(room, f"{m.name} joined {room}", m)
-            self._put(m, protocol.notice(f"you are now in {room}"))
-        self._done()
+            self._announce_membership(room, events.Joined(room, m.name), m)
+            self._put(m, events.NowIn(room), reply=True)
+            owed = self._owed()
+        _wake(owed)
         return None
 
     def say(self, m: Member, text: str) -> Optional[str]:
         """Chat to ``m``'s room, the sender included; returns the room (None if none)."""
         with self.lock:
             room = m.room
-            if room is None or m.closing is not None:
+            if room is None or m.close_reason is not None or m.name is None:
                 return None
-            line = protocol.chat(room, m.name or "?", text)
             self.messages_in += 1
-            self.bytes_in += len(line)
+            self.bytes_in += len(text.encode())
             m.msgs_sent += 1
-            self.backend.publish(room, line, None)
-        self._done()
+            self.backend.publish(room, events.Chat(room, m.name, text, time.time()), None)
+            owed = self._owed()
+        _wake(owed)
         return room
 
-    def private(self, m: Member, target: str, text: str) -> str | None:
-        """A private message; the error text if the target is unknown."""
+    def private(self, m: Member, target: str, text: str) -> Optional[Error]:
+        """A private message; why not, if the target is unknown."""
         with self.lock:
             peer = self.by_name.get(target.casefold())
-            if peer is None or peer.closing is not None or m.name is None:
-                return f"no such user: {target}"
+            if peer is None or peer.close_reason is not None or m.name is None:
+                return events.error("no_such_user", name=target)
             self.messages_in += 1
+            self.bytes_in += len(text.encode())
             m.msgs_sent += 1
-            line = protocol.private(m.name, text)
-            self.bytes_in += len(line)
-            self._put(peer, line)
-            self.bytes_out += len(line)
-            self._put(m, protocol.private_echo(m.name, peer.name or target, text))
-        self._done()
+            now = time.time()
+            peer_name = peer.name or target
+            self.bytes_out += self._put(peer, events.Private(m.name, peer_name, text, now))
+            self._put(m, events.Private(m.name, peer_name, text, now, echo=True), reply=True)
+            owed = self._owed()
+        _wake(owed)
         return None
 
-    def reply(self, m: Member, *lines: bytes) -> None:
-        """Lines to one member only (command output, errors)."""
+    def tell(self, m: Member, *evs: Event) -> None:
+        """Events for one member only: replies to its commands, errors."""
         with self.lock:
-            for line in lines:
-                self._put(m, line)
-        self._done()
+            for ev in evs:
+                self._put(m, ev, reply=True)
+            owed = self._owed()
+        _wake(owed)
 
-    def room_counts(self, m: Member | None = None) -> bytes:
+    def room_list(self, m: Optional[Member] = None) -> events.RoomList:
         with self.lock:
-            counts = [(r, len(ms)) for r, ms in self.rooms.items()]
-            current = m.room if m else None
-        return protocol.rooms_line(counts, current)
+            counts = tuple((r, len(ms)) for r, ms in self.rooms.items())
+            return events.RoomList(counts, m.room if m else None)
 
-    def who(self, m: Member) -> bytes:
+    def who(self, m: Member) -> events.WhoList:
         with self.lock:
-            room = m.room or self.default_room
-            names = [x.name or "?" for x in self.rooms[room]]
-        return protocol.who_line(room, names)
+            room = m.room or self.cfg.rooms.default
+            return events.WhoList(room, tuple(x.name or "?" for x in self.rooms[room]))
 
     # --- closing -----------------------------------------------------------------
 
     def _begin_close(
-        self, m: Member, reason: str, final: Optional[bytes], *, flush: bool, kicked: str = ""
+        self, m: Member, reason: str, final: Optional[Event], *, flush: bool, kicked: str = ""
     ) -> bool:
         """Start closing ``m``: leave its room, queue ``final``, hand it to the writer.
 
         Lock held.  Idempotent: only the first reason counts.
         """
-        if m.closing is not None:
+        if m.close_reason is not None:
             return False
         # Mark first: the final line may then exceed send_queue_bytes (by one line)
         # instead of re-entering here as send_queue_exceeded.
-        m.closing = reason
+        m.close_reason = reason
         m.close_flush = flush
         if final is not None and flush:
             self._put(m, final)
         if not flush:
-            self._drop_out(m)
+            self._drop_outbox(m)
         self._detach(m, reason, kicked)
-        m.w.closing.append(m)
+        m.mailbox.to_close.append(m)
         return True
 
     def _detach(self, m: Member, reason: str, kicked: str = "") -> None:
         """Take ``m`` out of its room and the name map, telling the room; lock held."""
         room = m.room
-        if room is not None:
+        if room is not None and m.name is not None:
             m.room = None
             del self.rooms[room][m]
             if kicked:
-                text: Optional[str] = f"{m.name} was kicked ({kicked})"
-            elif self.shutting_down or reason == "shutdown":
-                text = None
-            else:
-                text = f"{m.name} left {room}{LEAVE_SUFFIX.get(reason, '')}"
-            if text is not None:
-                self._announce_membership(room, text, m)
+                self._announce_membership(room, events.Kicked(room, m.name, kicked), m)
+            elif not (self.shutting_down or reason == "shutdown"):
+                self._announce_membership(room, events.Left(room, m.name, reason), m)
         if m.key is not None and self.by_name.get(m.key) is m:
             del self.by_name[m.key]
 
     def close(
-        self, m: Member, reason: str, final: Optional[bytes] = None, flush: bool = True
+        self, m: Member, reason: str, final: Optional[Event] = None, flush: bool = True
     ) -> bool:
         """Begin a server-side close (bye, idle, flood, ...); False if already closing."""
         with self.lock:
             began = self._begin_close(m, reason, final, flush=flush)
-        self._done()
+            owed = self._owed()
+        _wake(owed)
         return began
 
     def remove(self, m: Member, reason: str) -> str:
@@ -434,9 +456,9 @@ class Hub:
         Hands the connection to the writer, which closes the socket.
         """
         with self.lock:
-            final_reason = m.closing or reason
-            if m.closing is None:
-                m.closing = reason
+            final_reason = m.close_reason or reason
+            if m.close_reason is None:
+                m.close_reason = reason
                 # A client that shut its sending side may still read: deliver what
                 # is queued for it (bounded by the writer's flush timeout).
                 m.close_flush = reason == "eof"
@@ -448,9 +470,10 @@ class Hub:
                     del self.per_ip[m.addr]
                 self.drops[final_reason] += 1
             if not m.close_flush:
-                self._drop_out(m)
-            m.w.retired.append(m)
-        self._done()
+                self._drop_outbox(m)
+            m.mailbox.to_retire.append(m)
+            owed = self._owed()
+        _wake(owed)
         return final_reason
 
     def kick(
@@ -469,24 +492,28 @@ class Hub:
             m = self.by_name.get(key)
             if ban_seconds > 0:
                 self.bans[key] = time.monotonic() + ban_seconds
-            kicked = m is not None and m.closing is None
+            kicked = m is not None and m.close_reason is None
             if m is not None and kicked:
                 self.kicks += 1
-                final = protocol.notice(f"you were kicked: {reason}")
-                self._begin_close(m, "kicked", final, flush=True, kicked=reason)
+                self._begin_close(
+                    m, "kicked", events.YouWereKicked(reason), flush=True, kicked=reason
+                )
                 if ban_address and ban_seconds > 0:
                     address = m.addr
                     self.address_bans[address] = time.monotonic() + ban_seconds
-                    also = self._close_address(address, final, reason)
-        self._done()
+                    also = self._close_address(address, reason)
+            owed = self._owed()
+        _wake(owed)
         return KickResult(kicked, ban_seconds > 0, address, also)
 
-    def _close_address(self, address: str, final: bytes, reason: str) -> int:
-        """Close every open connection from ``address``; lock held."""
+    def _close_address(self, address: str, reason: str) -> int:
+        """Close every open connection from ``address`` as kicked; lock held."""
         n = 0
         for x in list(self.members):
-            if x.addr == address and x.closing is None:
-                self._begin_close(x, "kicked", final, flush=True, kicked=reason)
+            if x.addr == address and x.close_reason is None:
+                self._begin_close(
+                    x, "kicked", events.YouWereKicked(reason), flush=True, kicked=reason
+                )
                 n += 1
         return n
 
@@ -494,10 +521,10 @@ class Hub:
         """Ban an address for ``seconds``; closes its connections, returns how many."""
         with self.lock:
             self.address_bans[address] = time.monotonic() + seconds
-            final = protocol.notice(f"you were kicked: {reason}")
-            n = self._close_address(address, final, reason)
+            n = self._close_address(address, reason)
             self.kicks += n
-        self._done()
+            owed = self._owed()
+        _wake(owed)
         return n
 
     def unban(self, name: Optional[str] = None, address: Optional[str] = None) -> bool:
@@ -522,48 +549,54 @@ class Hub:
             if expiry > now
         ]
 
-    def announce(self, text: str, room: Optional[str] = None) -> int:
-        """A server notice to one room or to every logged-in member; how many got it."""
-        line = protocol.notice(text)
+    def announce(self, event: RoomEvent, room: Optional[str] = None) -> int:
+        """A server event to one room or to every room; how many members got it."""
         with self.lock:
             targets = [room] if room is not None else list(self.rooms)
             n = 0
             for r in targets:
                 n += len(self.rooms[r])
-                self.backend.publish(r, line, None)
-        self._done()
+                self.backend.publish(r, event, None)
+            owed = self._owed()
+        _wake(owed)
         return n
 
-    def reap(self, now: float, idle_timeout: float, login_timeout: float) -> list[Member]:
+    def reap(self, now: float) -> list[Member]:
         """Close members idle too long or still nameless too long; returns them."""
         closed: list[Member] = []
         with self.lock:
+            limits = self.cfg.limits
             for bans in (self.bans, self.address_bans):  # forget expired bans
                 for key in [k for k, expiry in bans.items() if expiry <= now]:
                     del bans[key]
             for m in self.members:
-                if m.closing is not None:
+                if m.close_reason is not None:
                     continue
-                quiet = now - m.last_active
-                if m.name is None and now - m.connected_mono > login_timeout:
-                    final = protocol.error("no name given in time; closing")
+                if m.name is None and now - m.connected_mono > limits.login_timeout:
+                    final: Event = events.error("login_timeout")
                     self._begin_close(m, "login_timeout", final, flush=True)
                     closed.append(m)
-                elif m.name is not None and idle_timeout and quiet > idle_timeout:
-                    final = protocol.error(f"idle for too long ({idle_timeout:g} s); closing")
+                elif (
+                    m.name is not None
+                    and limits.idle_timeout
+                    and now - m.last_active > limits.idle_timeout
+                ):
+                    final = events.error("idle_timeout", seconds=limits.idle_timeout)
                     self._begin_close(m, "idle", final, flush=True)
                     closed.append(m)
-        self._done()
+            owed = self._owed()
+        _wake(owed)
         return closed
 
-    def begin_shutdown(self, final: bytes) -> int:
+    def begin_shutdown(self, final: Event) -> int:
         """Refuse new logins and close everyone after what is queued plus ``final``."""
         with self.lock:
             self.shutting_down = True
             everyone = list(self.members)
             for m in everyone:
                 self._begin_close(m, "shutdown", final, flush=True)
-        self._done()
+            owed = self._owed()
+        _wake(owed)
         return len(everyone)
 
     def force_close_all(self) -> None:
@@ -571,9 +604,40 @@ class Hub:
         with self.lock:
             for m in self.members:
                 m.close_flush = False
-                self._drop_out(m)
-                m.w.closing.append(m)
-        self._done()
+                self._drop_outbox(m)
+                m.mailbox.to_close.append(m)
+            owed = self._owed()
+        _wake(owed)
+
+    # --- the writers' side ---------------------------------------------------------
+
+    def collect(self, box: Mailbox) -> Batch:
+        """Take a writer's mailbox: the bytes to send, the closes and retirements."""
+        with self.lock:
+            box.wake_owed = False
+            sends: list[tuple[Member, bytes]] = []
+            for m in box.to_send:
+                m.scheduled = False
+                out = m.outbox
+                if out:
+                    sends.append((m, b"".join(out) if len(out) > 1 else out[0]))
+                    m.outbox = []
+            closes = [(m, m.close_flush) for m in box.to_close]
+            retires = [(m, m.close_flush, m.scheduled) for m in box.to_retire]
+            box.to_send, box.to_close, box.to_retire = [], [], []
+            return Batch(sends, closes, retires, box.stop)
+
+    def sent(self, done: list[tuple[Member, int]]) -> None:
+        """A writer sent (or dropped) these many bytes of these members' queues."""
+        with self.lock:
+            for m, n in done:
+                m.queued -= n
+
+    def stop_writer(self, box: Mailbox) -> None:
+        with self.lock:
+            box.stop = True
+            owed = self._owed()
+        _wake(owed)
 
     # --- views ---------------------------------------------------------------------
 
@@ -581,9 +645,10 @@ class Hub:
         with self.lock:
             return len(self.members)
 
-    def queued_total(self) -> int:
+    def names(self) -> list[str]:
+        """Logged-in names, casefolded (the e2e tests check the name map with it)."""
         with self.lock:
-            return sum(m.queued for m in self.members)
+            return list(self.by_name)
 
     def room_members(self) -> dict[str, list[str]]:
         with self.lock:
@@ -597,6 +662,7 @@ class Hub:
                     "name": m.name,
                     "room": m.room,
                     "addr": f"{m.addr}:{m.port}",
+                    "protocol": m.dialect.name,
                     "connected_at": m.connected_at,
                     "idle": round(now - m.last_active, 1),
                     "queued_bytes": m.queued,
@@ -622,8 +688,10 @@ class Hub:
                 "kicks": self.kicks,
                 "drops": dict(self.drops),
                 "refused": dict(self.refused),
+                "queued_bytes": sum(m.queued for m in self.members),
             }
 
-    def names(self) -> Iterable[str]:
-        with self.lock:
-            return list(self.by_name)
+
+def _wake(owed: list[Mailbox]) -> None:
+    for box in owed:
+        box.wake()

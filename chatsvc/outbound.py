@@ -1,28 +1,36 @@
-"""The outbound writer: one thread that sends to, shuts down and closes client sockets.
+"""The outbound writers: threads that send to, shut down and close client sockets.
 
-Reader threads and admin threads never write to a client socket.  They append
-ready-encoded lines to a member's outbox under ``Hub.lock`` and put the member
-on ``OutboundWriter.dirty``; this thread takes the outboxes (under the lock),
-joins each into a single buffer and sends it with a non-blocking ``send``
-outside the lock.  What the kernel does not take waits in the connection's
-``wbuf`` and the socket is watched with epoll until it is writable again.  A
-client that stops reading therefore costs the others nothing, and its backlog
-is bounded by ``send_queue_bytes`` (checked by the hub at enqueue time).
+Reader threads and admin threads never write to a client socket.  The hub
+renders events into a member's outbox under ``Hub.lock`` and puts the member
+on its writer's :class:`~chatsvc.hub.Mailbox`; the writer takes the mailbox
+with ``Hub.collect`` (the hub takes its own lock), then sends each member's
+bytes with one non-blocking ``send`` outside any lock.  What the kernel does
+not take waits in the connection's :class:`Link` and the socket is watched
+with epoll until it is writable again.  A client that stops reading
+therefore costs the others nothing, and its backlog is bounded by
+``send_queue_bytes`` (checked by the hub at enqueue time).
 
 Closing is also done here, so that a file descriptor is never closed while this
 thread may still send to it (which could hit a new connection reusing the
 number):
 
-* ``closing``: the hub began closing a member.  With ``close_flush`` its queue
-  is delivered first (bounded by ``flush_timeout``), then the socket is shut for
+* a close: the hub began closing a member.  With ``flush`` its queue is
+  delivered first (bounded by ``flush_timeout``), then the socket is shut for
   writing so the client sees EOF; the reader keeps discarding input until the
   client closes or ``linger`` passes, then the read side is shut too, which
-  wakes the reader thread.  Without ``close_flush`` both sides are shut at once.
-* ``retired``: the reader thread has ended; the socket is closed here.
+  wakes the reader thread.  Without ``flush`` both sides are shut at once.
+* a retirement: the reader thread has ended; the socket is closed here, once
+  what is queued is delivered (with ``flush``) or at once.
 
-Fields: ``dirty``, ``closing``, ``retired`` and ``pending`` are guarded by
-``Hub.lock``; ``wbuf``, ``wstate``, ``deadline`` and ``polled`` of a connection
-belong to this thread alone.
+A :class:`Link` belongs to its writer thread alone; the only other thread that
+touches its socket is the member's reader, which only receives.
+
+Link states (``Link.state``)::
+
+    OPEN --close(flush)--> FLUSHING --queue sent--> LINGERING --linger over--> SHUT
+      |                        |                        |  (reader gone)        |
+      +--close(no flush)-------+--flush_timeout---------+----------> SHUT       |
+                                                                    retire --> DONE
 """
 
 from __future__ import annotations
@@ -31,79 +39,66 @@ import select
 import socket
 import threading
 import time
-from typing import Optional, cast
+from typing import Optional
 
-from chatsvc.hub import Member
+from chatsvc.hub import Hub, Member
 from chatsvc.wakeup import WakePipe, block_process_signals
 
 _SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
 
-# wstate values
+# Link.state values
 OPEN, FLUSHING, LINGERING, SHUT, DONE = range(5)
 
 
-class Conn(Member):
-    """A member with a socket, plus the writer's private per-connection state."""
+class Link:
+    """A member's socket as its writer thread sees it.  Writer thread only."""
 
-    __slots__ = ("deadline", "gone", "polled", "sock", "wbuf", "wstate")
+    __slots__ = ("deadline", "gone", "polled", "sock", "state", "wbuf")
 
-    def __init__(self, sock: socket.socket, addr: str, port: int) -> None:
-        super().__init__(addr, port)
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.wbuf = b""
-        self.wstate = OPEN
-        self.deadline = 0.0
-        self.polled = False
+        self.wbuf = b""  # taken from the outbox, not yet accepted by the kernel
+        self.state = OPEN
+        self.deadline = 0.0  # FLUSHING or LINGERING ends here
+        self.polled = False  # registered with epoll for EPOLLOUT
         self.gone = False  # its reader has ended; close once the queue is delivered
+
+
+def link_of(m: Member) -> Link:
+    link: Link = m.link
+    return link
 
 
 class OutboundWriter:
     def __init__(
         self,
-        lock: threading.Lock,
+        hub: Hub,
         *,
         linger: float = 2.0,
         flush_timeout: float = 10.0,
         name: str = "chatsvc-writer",
     ) -> None:
-        self.lock = lock
+        self.hub = hub
         self.name = name
         self.linger = linger
         self.flush_timeout = flush_timeout
-        # guarded by lock
-        self.dirty: list[Member] = []
-        self.closing: list[Member] = []
-        self.retired: list[Member] = []
-        self.pending = False
-        self._stop = False
+        self._wake = WakePipe()
+        self.mailbox = hub.new_mailbox(self._wake.wake)
         # this thread only
         self._ep = select.epoll()
-        self._wake = WakePipe()
         self._ep.register(self._wake.read_fd, select.EPOLLIN)
-        self._by_fd: dict[int, Conn] = {}
-        self._timed: dict[Conn, None] = {}  # FLUSHING or LINGERING, with a deadline
+        self._by_fd: dict[int, Member] = {}  # polled for EPOLLOUT
+        self._timed: dict[Member, None] = {}  # FLUSHING or LINGERING, with a deadline
         self._thread: Optional[threading.Thread] = None
 
     # --- called by other threads ---------------------------------------------------
-
-    def claim_wake(self) -> bool:
-        """Lock held: True if the caller must call ``wake`` after releasing it."""
-        if not self.pending and (self.dirty or self.closing or self.retired):
-            self.pending = True
-            return True
-        return False
-
-    def wake(self) -> None:
-        self._wake.wake()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        with self.lock:
-            self._stop = True
-        self.wake()
+        self.hub.stop_writer(self.mailbox)
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -112,174 +107,168 @@ class OutboundWriter:
     def run(self) -> None:
         block_process_signals()
         try:
-            while self._step():
+            while self.step(self._timeout()):
                 pass
         finally:
             self._close_all()
 
-    def _step(self) -> bool:
-        events = self._ep.poll(self._timeout())
-        ready: list[Conn] = []
-        for fd, _ in events:
+    def step(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` (-1: no limit) for work, do it; False once stopped."""
+        ready: list[Member] = []
+        for fd, _ in self._ep.poll(timeout):
             if fd == self._wake.read_fd:
                 self._wake.drain()
             else:
-                c = self._by_fd.get(fd)
-                if c is not None:
-                    ready.append(c)
-        with self.lock:
-            self.pending = False
-            dirty, self.dirty = self.dirty, []
-            closing, self.closing = self.closing, []
-            retired, self.retired = self.retired, []
-            for c in _conns(dirty):
-                c.dirty = False
-                if c.out:
-                    data = b"".join(c.out) if len(c.out) > 1 else c.out[0]
-                    c.out = []
-                    c.wbuf = c.wbuf + data if c.wbuf else data
-            stop = self._stop
-        done: list[tuple[Conn, int]] = []  # (conn, bytes sent or dropped)
-        for c in _conns(closing):
-            if c.wstate < SHUT:
-                self._start_close(c, done)
-        for c in ready:
-            self._send(c, done)
-        for c in _conns(dirty):
-            if c.wbuf and not c.polled:
-                self._send(c, done)
-            elif c.gone and not c.wbuf and c.wstate == FLUSHING:
-                self._close(c)
+                m = self._by_fd.get(fd)
+                if m is not None:
+                    ready.append(m)
+        batch = self.hub.collect(self.mailbox)
+        done: list[tuple[Member, int]] = []  # (member, bytes sent or dropped)
+        for m, data in batch.sends:
+            k = link_of(m)
+            k.wbuf = k.wbuf + data if k.wbuf else data
+        for m, flush in batch.closes:
+            if link_of(m).state < SHUT:
+                self._start_close(m, flush, done)
+        for m in ready:
+            self._send(m, done)
+        for m, _ in batch.sends:
+            k = link_of(m)
+            if k.wbuf and not k.polled:
+                self._send(m, done)
+            elif k.gone and not k.wbuf and k.state == FLUSHING:
+                self._close(m)
         self._check_timed(done)
-        for c in _conns(retired):
-            self._retire(c)
+        for m, flush, more in batch.retires:
+            self._retire(m, flush, more)
         if done:
-            with self.lock:
-                for c, n in done:
-                    c.queued -= n
-        return not stop
+            self.hub.sent(done)
+        return not batch.stop
 
     def _timeout(self) -> float:
         if not self._timed:
             return -1
-        soonest = min(c.deadline for c in self._timed)
+        soonest = min(link_of(m).deadline for m in self._timed)
         return max(0.0, min(1.0, soonest - time.monotonic()))
 
-    def _send(self, c: Conn, done: list[tuple[Conn, int]]) -> None:
-        if not c.wbuf or c.wstate >= SHUT:
+    def _send(self, m: Member, done: list[tuple[Member, int]]) -> None:
+        k = link_of(m)
+        if not k.wbuf or k.state >= SHUT:
             return
         try:
-            n = c.sock.send(c.wbuf, _SEND_FLAGS)
+            n = k.sock.send(k.wbuf, _SEND_FLAGS)
         except BlockingIOError:
             n = 0
         except OSError:
             # The peer is gone; its reader will notice.  Drop what cannot be sent.
-            done.append((c, len(c.wbuf)))
-            c.wbuf = b""
-            self._unpoll(c)
-            self._shutdown(c, socket.SHUT_RDWR)
+            done.append((m, len(k.wbuf)))
+            k.wbuf = b""
+            self._unpoll(m)
+            _shutdown(k, socket.SHUT_RDWR)
             return
         if n:
-            done.append((c, n))
-        if n == len(c.wbuf):
-            c.wbuf = b""
-            self._unpoll(c)
-            if c.wstate == FLUSHING:
-                self._shut_for_writing(c)
+            done.append((m, n))
+        if n == len(k.wbuf):
+            k.wbuf = b""
+            self._unpoll(m)
+            if k.state == FLUSHING:
+                self._shut_for_writing(m)
         else:
-            c.wbuf = c.wbuf[n:]
-            if not c.polled:
-                c.polled = True
-                self._by_fd[c.sock.fileno()] = c
-                self._ep.register(c.sock.fileno(), select.EPOLLOUT)
+            k.wbuf = k.wbuf[n:]
+            if not k.polled:
+                k.polled = True
+                self._by_fd[k.sock.fileno()] = m
+                self._ep.register(k.sock.fileno(), select.EPOLLOUT)
 
-    def _unpoll(self, c: Conn) -> None:
-        if c.polled:
-            c.polled = False
-            fd = c.sock.fileno()
+    def _unpoll(self, m: Member) -> None:
+        k = link_of(m)
+        if k.polled:
+            k.polled = False
+            fd = k.sock.fileno()
             self._by_fd.pop(fd, None)
             try:
                 self._ep.unregister(fd)
             except (OSError, ValueError):
                 pass
 
-    def _start_close(self, c: Conn, done: list[tuple[Conn, int]]) -> None:
-        if c.close_flush:
-            c.wstate = FLUSHING
-            c.deadline = time.monotonic() + self.flush_timeout
-            self._timed[c] = None
-            if c.wbuf:
-                self._send(c, done)
-            if not c.wbuf and c.wstate == FLUSHING and not c.dirty:
-                self._shut_for_writing(c)
+    def _start_close(self, m: Member, flush: bool, done: list[tuple[Member, int]]) -> None:
+        k = link_of(m)
+        if flush:
+            k.state = FLUSHING
+            k.deadline = time.monotonic() + self.flush_timeout
+            self._timed[m] = None
+            if k.wbuf:
+                self._send(m, done)
+            if not k.wbuf and k.state == FLUSHING:
+                self._shut_for_writing(m)
         else:
-            if c.wbuf:
-                done.append((c, len(c.wbuf)))
-                c.wbuf = b""
-            self._unpoll(c)
-            self._timed.pop(c, None)
-            c.wstate = SHUT
-            self._shutdown(c, socket.SHUT_RDWR)
+            if k.wbuf:
+                done.append((m, len(k.wbuf)))
+                k.wbuf = b""
+            self._unpoll(m)
+            self._timed.pop(m, None)
+            k.state = SHUT
+            _shutdown(k, socket.SHUT_RDWR)
 
-    def _shut_for_writing(self, c: Conn) -> None:
+    def _shut_for_writing(self, m: Member) -> None:
         """Queue delivered: send EOF, then give the client ``linger`` to close."""
-        if c.gone:  # the reader already saw the client's EOF: nothing to wait for
-            self._close(c)
+        k = link_of(m)
+        if k.gone:  # the reader already saw the client's EOF: nothing to wait for
+            self._close(m)
             return
-        self._shutdown(c, socket.SHUT_WR)
-        c.wstate = LINGERING
-        c.deadline = time.monotonic() + self.linger
-        self._timed[c] = None
+        _shutdown(k, socket.SHUT_WR)
+        k.state = LINGERING
+        k.deadline = time.monotonic() + self.linger
+        self._timed[m] = None
 
-    def _check_timed(self, done: list[tuple[Conn, int]]) -> None:
+    def _check_timed(self, done: list[tuple[Member, int]]) -> None:
         if not self._timed:
             return
         now = time.monotonic()
-        for c in [c for c in self._timed if c.deadline <= now]:
-            del self._timed[c]
-            if c.wstate == FLUSHING:  # could not deliver in time: give up on the rest
-                if c.wbuf:
-                    done.append((c, len(c.wbuf)))
-                    c.wbuf = b""
-                self._unpoll(c)
-            c.wstate = SHUT
-            self._shutdown(c, socket.SHUT_RDWR)
-            if c.gone:
-                self._close(c)
+        for m in [m for m in self._timed if link_of(m).deadline <= now]:
+            del self._timed[m]
+            k = link_of(m)
+            if k.state == FLUSHING:  # could not deliver in time: give up on the rest
+                if k.wbuf:
+                    done.append((m, len(k.wbuf)))
+                    k.wbuf = b""
+                self._unpoll(m)
+            k.state = SHUT
+            _shutdown(k, socket.SHUT_RDWR)
+            if k.gone:
+                self._close(m)
 
-    @staticmethod
-    def _shutdown(c: Conn, how: int) -> None:
-        try:
-            c.sock.shutdown(how)
-        except OSError:
-            pass  # already reset or closed by the peer: nothing left to shut
-
-    def _retire(self, c: Conn) -> None:
+    def _retire(self, m: Member, flush: bool, more: bool) -> None:
         """The reader has ended.  Close now, or once what is queued is delivered."""
-        if c.close_flush and c.wstate in (OPEN, FLUSHING) and (c.wbuf or c.dirty):
-            c.gone = True
-            if c.wstate == OPEN:
-                c.wstate = FLUSHING
-                c.deadline = time.monotonic() + self.flush_timeout
-                self._timed[c] = None
+        k = link_of(m)
+        if flush and k.state in (OPEN, FLUSHING) and (k.wbuf or more):
+            k.gone = True
+            if k.state == OPEN:
+                k.state = FLUSHING
+                k.deadline = time.monotonic() + self.flush_timeout
+                self._timed[m] = None
             return
-        self._close(c)
+        self._close(m)
 
-    def _close(self, c: Conn) -> None:
-        self._unpoll(c)
-        self._timed.pop(c, None)
-        c.wbuf = b""
-        c.wstate = DONE
-        c.sock.close()
+    def _close(self, m: Member) -> None:
+        k = link_of(m)
+        self._unpoll(m)
+        self._timed.pop(m, None)
+        k.wbuf = b""
+        k.state = DONE
+        k.sock.close()
 
     def _close_all(self) -> None:
-        for c in list(self._by_fd.values()) + list(self._timed):
-            if c.wstate != DONE:
-                c.sock.close()
+        for m in list(self._by_fd.values()) + list(self._timed):
+            k = link_of(m)
+            if k.state != DONE:
+                k.sock.close()
         self._ep.close()
         self._wake.close()
 
 
-def _conns(members: list[Member]) -> list[Conn]:
-    """The writer's lists hold only ``Conn`` objects (the hub types them as members)."""
-    return cast("list[Conn]", members)
+def _shutdown(k: Link, how: int) -> None:
+    try:
+        k.sock.shutdown(how)
+    except OSError:
+        pass  # already reset or closed by the peer: nothing left to shut

@@ -1,7 +1,8 @@
-"""The wire protocol as pure functions: bytes in, commands out; server lines out.
+"""The line protocol's input side as pure functions: bytes in, commands out.
 
 Nothing here touches a socket, so all of it is unit-tested (and fuzzed) without
-I/O.  ``docs/protocol.md`` is the prose version of this module.
+I/O.  What the server sends is rendered from events by ``chatsvc.dialects``.
+``docs/protocol.md`` is the prose version of both.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from typing import NamedTuple, Optional, Union
+
+from chatsvc import events
+from chatsvc.dialects import error_text
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 RESERVED_NAMES = frozenset(
@@ -24,17 +28,6 @@ _BLANKS_RE = re.compile("[ \t]{2,}|\t")
 # nothing on the screen.
 _ZWJ = "\u200d"
 MAX_NAME_TRIES = 5
-
-HELP_LINES = (
-    "commands:",
-    "  /rooms            list rooms and how many are in each",
-    "  /join ROOM        move to another room",
-    "  /who              who is in your room",
-    "  /msg NAME TEXT    private message",
-    "  /help             this help",
-    "  /quit or bye      leave",
-    "  //text            send a line starting with '/'",
-)
 
 
 class Overlong:
@@ -99,7 +92,11 @@ class LineSplitter:
 
 
 class DecodeError(ValueError):
-    """A line that is not acceptable text; the message is for the client."""
+    """A line that is not acceptable text; ``error`` says why, for the client."""
+
+    def __init__(self, code: str, **params: object) -> None:
+        self.error = events.error(code, **params)
+        super().__init__(error_text(self.error))
 
 
 def decode(raw: bytes) -> str:
@@ -107,10 +104,12 @@ def decode(raw: bytes) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise DecodeError("invalid UTF-8; line discarded (set your terminal to UTF-8)") from None
-    why = text_problem(text)
-    if why is not None:
-        raise DecodeError(why + "; line discarded")
+        raise DecodeError("invalid_utf8") from None
+    if _CONTROL_RE.search(text):
+        raise DecodeError("control_characters")
+    bad = invisible_character(text)
+    if bad is not None:
+        raise DecodeError("invisible_character", char=f"U+{ord(bad):04X}")
     return text
 
 
@@ -126,11 +125,19 @@ def text_problem(text: str) -> Optional[str]:
     """
     if _CONTROL_RE.search(text):
         return "control characters are not allowed"
+    bad = invisible_character(text)
+    if bad is not None:
+        return f"invisible or direction-changing characters (U+{ord(bad):04X}) are not allowed"
+    return None
+
+
+def invisible_character(text: str) -> Optional[str]:
+    """The first line/paragraph separator or format character (ZWJ aside), if any."""
     if text.isascii():
         return None
     for ch in text:
         if ch > "\x7f" and ch != _ZWJ and unicodedata.category(ch) in ("Cf", "Zl", "Zp"):
-            return f"invisible or direction-changing characters (U+{ord(ch):04X}) are not allowed"
+            return ch
     return None
 
 
@@ -189,59 +196,14 @@ def _usage(kind: str) -> Command:
     return Command("usage", arg=COMMAND_USAGE[kind])
 
 
-def check_name(name: str, max_length: int) -> str | None:
+def check_name(name: str, max_length: int) -> Optional[events.Error]:
     """Why ``name`` is not a valid user name, or None if it is."""
     if not name:
-        return "a name is required"
+        return events.error("name_required")
     if len(name) > max_length:
-        return f"name too long (at most {max_length} characters)"
+        return events.error("name_too_long", max=max_length)
     if not NAME_RE.fullmatch(name):
-        return "invalid name: use letters, digits, '_', '-' and '.' only"
+        return events.error("name_invalid")
     if name.lower() in RESERVED_NAMES:
-        return f"the name {name!r} is reserved"
+        return events.error("name_reserved", name=name)
     return None
-
-
-# --- server lines -------------------------------------------------------------
-
-
-def chat(room: str, name: str, text: str) -> bytes:
-    return f"[{room}] {name}: {text}\n".encode()
-
-
-def private(sender: str, text: str) -> bytes:
-    return f"[private] {sender}: {text}\n".encode()
-
-
-def private_echo(sender: str, target: str, text: str) -> bytes:
-    return f"[private to {target}] {sender}: {text}\n".encode()
-
-
-def notice(text: str) -> bytes:
-    return f"* {text}\n".encode()
-
-
-def error(text: str) -> bytes:
-    return f"! {text}\n".encode()
-
-
-def rooms_line(counts: list[tuple[str, int]], current: str | None) -> bytes:
-    parts = [f"{room} ({n})" + (" [here]" if room == current else "") for room, n in counts]
-    return notice("rooms: " + ", ".join(parts))
-
-
-def who_line(room: str, names: list[str]) -> bytes:
-    return notice(f"in {room} ({len(names)}): " + ", ".join(names))
-
-
-def shutdown_text(seconds: float | None = None, reason: str | None = None) -> str:
-    text = "server shutting down"
-    if seconds:
-        text += f" in {seconds:g} s"
-    if reason:
-        text += f": {reason}"
-    return text
-
-
-def shutdown_notice(seconds: float | None = None, reason: str | None = None) -> bytes:
-    return notice(shutdown_text(seconds, reason))

@@ -11,6 +11,7 @@ loop does the rest.
 from __future__ import annotations
 
 import _thread
+import errno
 import os
 import select
 import signal
@@ -19,12 +20,13 @@ import threading
 import time
 from typing import Any, Optional
 
-from chatsvc import config, logsetup, protocol, systemd
+from chatsvc import config, events, logsetup, systemd
 from chatsvc.admin import AdminServer
 from chatsvc.config import Config
-from chatsvc.errors import StartupError
-from chatsvc.hub import Hub
-from chatsvc.outbound import OutboundWriter
+from chatsvc.dialects import LINE
+from chatsvc.errors import ChatsvcError, StartupError
+from chatsvc.hub import Hub, Member
+from chatsvc.outbound import Link, OutboundWriter
 from chatsvc.session import Session
 from chatsvc.wakeup import WakePipe, block_process_signals
 
@@ -39,13 +41,10 @@ KERNEL_SNDBUF = 65536  # the kernel doubles it for its bookkeeping
 # on two cores: saturate R=50 S=5 delivered 1.01 M/s with two, 0.78 M/s with one
 # (same run); fan-out latency was the same within noise.
 WRITERS = 2
-
-REFUSAL_TEXT = {
-    "server_full": "server full, try again later",
-    "per_ip_limit": "too many connections from your address",
-    "shutting_down": "server shutting down",
-    "banned": "your address is banned from this server",
-}
+# Out of descriptors: stop polling the listener this long, and log the failures
+# once per interval with a count instead of once per attempt.
+ACCEPT_BACKOFF = 0.5
+ACCEPT_LOG_INTERVAL = 5.0
 
 
 def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
@@ -78,15 +77,13 @@ class ChatServer:
         config_path: Optional[str] = None,
         overrides: Optional[dict[str, dict[str, Any]]] = None,
     ) -> None:
-        self.cfg = cfg
         self.config_path = config_path
         self.overrides = overrides or {}
         self._reload_lock = threading.Lock()
-        self.lock = threading.Lock()
+        self.hub = Hub(cfg)  # holds the live config
         self.writers = [
-            OutboundWriter(self.lock, name=f"chatsvc-writer-{i}") for i in range(WRITERS)
+            OutboundWriter(self.hub, name=f"chatsvc-writer-{i}") for i in range(WRITERS)
         ]
-        self.hub = Hub(cfg, self.writers, self.lock)
         self.listener = listener or bind_listener(
             cfg.server.host, cfg.server.port, cfg.server.listen_backlog
         )
@@ -100,7 +97,12 @@ class ChatServer:
         self._live = 0
         self._live_lock = threading.Lock()
         self.started = threading.Event()
-        self.stopped = threading.Event()
+        # Out of descriptors: one kept in reserve to accept-and-refuse with, and
+        # the listener rests until _accept_resume.
+        self._reserve_fd: Optional[int] = _open_reserve()
+        self._accept_resume = 0.0
+        self._accept_failures = 0
+        self._accept_logged = 0.0
         self._watchdog: Optional[float] = None
         self._next_watchdog = 0.0
         self._next_status = 0.0
@@ -111,6 +113,14 @@ class ChatServer:
             except BaseException:
                 self.listener.close()
                 raise
+
+    @property
+    def cfg(self) -> Config:
+        """The live config (the hub holds it; a reload replaces it whole)."""
+        return self.hub.cfg
+
+    def config(self) -> Config:
+        return self.hub.cfg
 
     @property
     def address(self) -> tuple[str, int]:
@@ -134,7 +144,7 @@ class ChatServer:
             self.stop_reason = reason
         if delay > 0 and self._stop_at is None:
             self._stop_at = time.monotonic() + delay
-            self.hub.announce(protocol.shutdown_text(delay, reason))
+            self.hub.announce(events.ShuttingDown(delay, reason))
             logsetup.lifecycle.info("shutdown_scheduled", seconds=delay, reason=reason)
         elif delay <= 0:
             self.stop_requested = True
@@ -160,9 +170,7 @@ class ChatServer:
                 for key, _, value in applied:
                     section, name = key.split(".", 1)
                     sections.setdefault(section, {})[name] = value
-                self.cfg = config.with_overrides(self.cfg, **sections)
-                with self.lock:
-                    self.hub.apply(self.cfg)
+                self.hub.apply(config.with_overrides(self.cfg, **sections))
                 logsetup.configure(self.cfg.logging.level, self.cfg.logging.format)
                 systemd.ready()
             result = {
@@ -210,11 +218,17 @@ class ChatServer:
                 timeout = max(0.0, next_housekeeping - time.monotonic())
                 if self._stop_at is not None:
                     timeout = min(timeout, max(0.0, self._stop_at - time.monotonic()))
+                if self._accept_resume and time.monotonic() >= self._accept_resume:
+                    self._accept_resume = 0.0
+                    poller.register(self.listener, select.POLLIN)
+                elif self._accept_resume:
+                    timeout = min(timeout, max(0.0, self._accept_resume - time.monotonic()))
                 for fd, _ in poller.poll(timeout * 1000):
                     if fd == self._wake.read_fd:
                         self._wake.drain()
-                    elif not self.stop_requested:
-                        self._accept_batch()
+                    elif not self.stop_requested and not self._accept_batch():
+                        poller.unregister(self.listener)
+                        self._accept_resume = time.monotonic() + ACCEPT_BACKOFF
                 if self.reload_requested:
                     self.reload_requested = False
                     self._reload_from_signal()
@@ -233,19 +247,47 @@ class ChatServer:
     def _reload_from_signal(self) -> None:
         try:
             self.reload()
-        except Exception as exc:  # a bad file on SIGHUP: log it, keep running as before
+        except (ChatsvcError, OSError) as exc:  # a bad file: log it, keep running as before
             logsetup.log.error("config_reload_failed", error=str(exc))
 
-    def _accept_batch(self) -> None:
+    def _accept_batch(self) -> bool:
+        """Accept what is waiting; False if out of descriptors (the caller backs off)."""
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, peer = self.listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends: log, keep serving
-                logsetup.log.error("accept_failed", error=exc.strerror)
-                return
+                return True
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._out_of_descriptors(exc)
+                    return False
+                self._accept_failed(exc)  # e.g. ECONNABORTED: that one is gone, go on
+                continue
             self._admit(conn, peer)
+        return True
+
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        """Refuse the waiting client with a line, using the reserve descriptor."""
+        self._accept_failed(exc)
+        if self._reserve_fd is None:
+            return
+        os.close(self._reserve_fd)
+        self._reserve_fd = None
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            pass
+        else:
+            _refuse(conn, "no_resources")
+        self._reserve_fd = _open_reserve()
+
+    def _accept_failed(self, exc: OSError) -> None:
+        self._accept_failures += 1
+        now = time.monotonic()
+        if now - self._accept_logged >= ACCEPT_LOG_INTERVAL:
+            logsetup.log.error("accept_failed", error=exc.strerror, count=self._accept_failures)
+            self._accept_logged = now
+            self._accept_failures = 0
 
     def _admit(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         addr, port = str(peer[0]), int(peer[1])
@@ -255,17 +297,13 @@ class ChatServer:
         # that stops reading, which hid a slow consumer for 13 s before our own
         # send_queue_bytes could see it, and let kernel memory per client grow.
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SNDBUF)
-        session = Session(self.hub, conn, addr, port)
-        refused = self.hub.add(session)
+        member = Member(addr, port, LINE, Link(conn))
+        refused = self.hub.add(member)
         if refused is not None:
             logsetup.log.warning("client_rejected", addr=addr, port=port, reason=refused)
-            try:
-                conn.send(protocol.error(REFUSAL_TEXT[refused]), socket.MSG_DONTWAIT)
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
+            _refuse(conn, refused)
             return
+        session = Session(self.hub, member, conn)
         logsetup.log.info("client_connected", addr=addr, port=port, clients=self.hub.count())
         # A bare thread: threading.Thread's start-up handshake doubles the cost of
         # starting one and its objects add ~1.5 KB per client (see bench/README.md).
@@ -276,7 +314,7 @@ class ChatServer:
         except RuntimeError as exc:  # cannot start a thread: refuse this one
             self._session_ended()
             logsetup.log.error("thread_start_failed", error=str(exc))
-            self.hub.remove(session, "error")
+            self.hub.remove(member, "error")
 
     def _run_session(self, session: Session) -> None:
         try:
@@ -293,9 +331,8 @@ class ChatServer:
             self._wake.wake()  # a drain waiting for the last one
 
     def _housekeeping(self, now: float) -> None:
-        limits = self.hub.cfg.limits
-        for m in self.hub.reap(now, limits.idle_timeout, limits.login_timeout):
-            logsetup.log.info("client_timeout", name=m.name, addr=m.addr, reason=m.closing)
+        for m in self.hub.reap(now):
+            logsetup.log.info("client_timeout", name=m.name, addr=m.addr, reason=m.close_reason)
         if self._watchdog is not None and now >= self._next_watchdog:
             systemd.watchdog_ping()
             self._next_watchdog = now + self._watchdog / 2
@@ -321,8 +358,7 @@ class ChatServer:
             "server_stopping", clients=clients, reason=self.stop_reason, grace=grace
         )
         self.listener.close()
-        final = protocol.shutdown_notice(None, self.stop_reason)
-        self.hub.begin_shutdown(final)
+        self.hub.begin_shutdown(events.ShuttingDown(None, self.stop_reason))
         deadline = time.monotonic() + grace
         forced = not self._wait_sessions_gone(deadline)
         if forced:
@@ -344,7 +380,9 @@ class ChatServer:
         )
         self._release_signal_wakeup()
         self._wake.close()
-        self.stopped.set()
+        if self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
 
     def _release_signal_wakeup(self) -> None:
         """A signal after this must not write to the pipe's number once it is closed."""
@@ -363,3 +401,20 @@ class ChatServer:
                 return False
             self._wake.wait(remaining)
         return True
+
+
+def _open_reserve() -> Optional[int]:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _refuse(conn: socket.socket, reason: str) -> None:
+    """Tell a connection why it is not served, and close it."""
+    try:
+        conn.send(LINE.render(events.error("refused", reason=reason)), socket.MSG_DONTWAIT)
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()

@@ -1,11 +1,16 @@
-"""One connected client: its reader thread (setup, login, line loop, finish).
+"""One connected client: its reader thread (greeting, login, line loop, finish).
 
 Threads: exactly one reader thread per session runs ``Session.run``; it is the
-only thread that reads the socket.  It never writes to it: replies go through
-``Hub.reply`` into the outbox, which the writer thread sends (see outbound.py).
-``bucket`` and the splitter belong to the reader thread; ``last_active`` is
-written by it and read by the reaper (a float store, no lock needed); all
-outbound fields are guarded by ``Hub.lock``.
+only thread that reads the socket, and it never writes to it: replies are
+events given to ``Hub.tell``, which the member's writer thread sends (see
+outbound.py).  Everything on a ``Session`` (the splitter, the flood bucket)
+belongs to its reader thread; the ``Member`` it serves is the hub's (see the
+field owners in hub.py).
+
+Flood control counts every line a client sends, blank ones included, before
+any other work (only name attempts are free: at most ``MAX_NAME_TRIES``): a
+keep-alive every few seconds stays free, a flood of any kind of line is
+dropped and, past ``flood_strikes`` in a row, disconnected.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import time
 from collections.abc import Iterator
 from typing import Callable
 
-from chatsvc import __version__, logsetup, protocol
-from chatsvc.hub import Hub
-from chatsvc.outbound import Conn
+from chatsvc import __version__, events, logsetup, protocol
+from chatsvc.events import Event
+from chatsvc.hub import Hub, Member
 from chatsvc.protocol import OVERLONG, Command, DecodeError, Frame
 from chatsvc.ratelimit import TokenBucket
 
@@ -29,49 +34,57 @@ from chatsvc.ratelimit import TokenBucket
 # once with one larger non-blocking read.
 RECV_SIZE = 479
 BULK_RECV_SIZE = 16384
-GREETING = (
-    protocol.notice(f"welcome to chatsvc {__version__}"),
-    protocol.notice("please enter your name"),
-)
 
 
-class Session(Conn):
-    __slots__ = ("bucket", "hub")
+class Session:
+    """The reader side of one connection: reads, frames, parses, calls the hub."""
 
-    def __init__(self, hub: Hub, sock: socket.socket, addr: str, port: int) -> None:
-        super().__init__(sock, addr, port)
+    __slots__ = ("bucket", "hub", "member", "sock")
+
+    def __init__(self, hub: Hub, member: Member, sock: socket.socket) -> None:
         self.hub = hub
+        self.member = member
+        self.sock = sock
         limits = hub.cfg.limits
         self.bucket = TokenBucket(limits.flood_rate, limits.flood_burst, time.monotonic())
+
+    def tell(self, *evs: Event) -> None:
+        self.hub.tell(self.member, *evs)
 
     # --- lifecycle -------------------------------------------------------------------
 
     def run(self) -> None:
+        m = self.member
         reason = "eof"
         try:
-            self.hub.reply(self, *GREETING)
+            self.tell(events.Welcome(__version__))
             frames = self._frames()
             if self._login(frames):
                 self._chat(frames)
         except OSError:
             reason = "error"
         except Exception:  # a bug must cost one session, never the server
-            logsetup.log.exception("session_error", name=self.name, addr=self.addr)
+            logsetup.log.exception("session_error", name=m.name, addr=m.addr)
             reason = "error"
         finally:
-            final = self.hub.remove(self, reason)
+            final = self.hub.remove(m, reason)
             logsetup.log.info(
                 "client_disconnected",
-                name=self.name,
-                addr=self.addr,
-                port=self.port,
+                name=m.name,
+                addr=m.addr,
+                port=m.port,
                 reason=final,
-                duration=round(time.time() - self.connected_at, 3),
-                messages=self.msgs_sent,
+                duration=round(time.time() - m.connected_at, 3),
+                messages=m.msgs_sent,
             )
 
     def _frames(self) -> Iterator[Frame]:
-        """Lines from the socket until EOF; input is discarded once closing began."""
+        """Lines from the socket until EOF, each one paid for from the flood bucket.
+
+        Input is discarded once closing began; a line the bucket refuses is
+        answered (when it was not blank) and never reaches the caller.
+        """
+        m = self.member
         splitter = protocol.LineSplitter(self.hub.cfg.limits.max_line_bytes)
         recv = self.sock.recv
         while True:
@@ -83,141 +96,131 @@ class Session(Conn):
                     data += recv(BULK_RECV_SIZE, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     pass
-            if self.closing is not None:
-                continue
-            yield from splitter.feed(data)
+            for frame in splitter.feed(data):
+                if m.close_reason is not None:  # closing: discard the rest
+                    break
+                m.last_active = time.monotonic()
+                # Names need no token: MAX_NAME_TRIES caps them.  Blank lines
+                # before the name and every line after it do.
+                named = m.name is not None
+                if (not named and _is_text(frame)) or self._admit(frame):
+                    yield frame
+
+    def _admit(self, frame: Frame) -> bool:
+        """Take a token for ``frame``; False (answered or cut) if the bucket is empty."""
+        limits = self.hub.cfg.limits  # may change on reload
+        bucket = self.bucket
+        if bucket.rate != limits.flood_rate or bucket.burst != limits.flood_burst:
+            bucket.rate, bucket.burst = limits.flood_rate, float(limits.flood_burst)
+        if bucket.take(time.monotonic()):
+            self.member.throttled = False
+            return True
+        self.member.throttled = True
+        over = limits.flood_strikes and bucket.strikes > limits.flood_strikes
+        if over:
+            self.hub.close(self.member, "flood", events.error("flooding"))
+        elif _is_text(frame):
+            # every dropped line is answered, so a client that waits for a reply
+            # to each line (chatsvc-client in scripted mode) never waits forever
+            self.tell(events.error("slow_down", rate=limits.flood_rate, burst=limits.flood_burst))
+        return False
 
     def _text(self, frame: Frame) -> str | None:
         """Decode one frame, answering the client if it is unusable."""
-        self.last_active = time.monotonic()
         if frame is OVERLONG:
-            limit = self.hub.cfg.limits.max_line_bytes
-            self.hub.reply(self, protocol.error(f"line too long (max {limit} bytes); discarded"))
+            self.tell(events.error("line_too_long", limit=self.hub.cfg.limits.max_line_bytes))
             return None
         assert isinstance(frame, bytes)
         try:
             return protocol.decode(frame)
         except DecodeError as exc:
-            self.hub.reply(self, protocol.error(str(exc)))
+            self.tell(exc.error)
             return None
 
     def _login(self, frames: Iterator[Frame]) -> bool:
+        m = self.member
         tries = 0
         max_len = self.hub.cfg.limits.name_max_length
         for frame in frames:
-            if self.closing is not None:
-                continue
-            if isinstance(frame, bytes) and not frame.strip():
+            if not _is_text(frame):
                 continue  # (does not postpone the login timeout: that counts from connect)
             text = self._text(frame)
             if text is not None:
                 name = text.strip()
-                why = protocol.check_name(name, max_len) or self.hub.login(self, name)
+                why = protocol.check_name(name, max_len) or self.hub.login(m, name)
                 if why is None:
-                    logsetup.log.info("client_login", name=name, addr=self.addr, port=self.port)
-                    logsetup.log.info("room_joined", name=name, room=self.room)
+                    logsetup.log.info("client_login", name=name, addr=m.addr, port=m.port)
+                    logsetup.log.info("room_joined", name=name, room=m.room)
                     return True
-                self.hub.reply(self, protocol.error(why))
-                logsetup.log.info("name_rejected", addr=self.addr, reason=why)
+                self.tell(why)
+                logsetup.log.info("name_rejected", addr=m.addr, reason=why.code)
             tries += 1
             if tries >= protocol.MAX_NAME_TRIES:
-                self.hub.close(
-                    self, "name_rejected", protocol.error("too many rejected names; closing")
-                )
+                self.hub.close(m, "name_rejected", events.error("too_many_names"))
+                return False
         return False
 
     def _chat(self, frames: Iterator[Frame]) -> None:
         for frame in frames:
-            if self.closing is not None:
-                continue
-            if isinstance(frame, bytes) and not frame.strip():
-                self.last_active = time.monotonic()  # a keep-alive: not idle
-                continue
-            limits = self.hub.cfg.limits  # may change on reload
-            bucket = self.bucket
-            if bucket.rate != limits.flood_rate or bucket.burst != limits.flood_burst:
-                bucket.rate, bucket.burst = limits.flood_rate, float(limits.flood_burst)
-            if not bucket.take(time.monotonic()):
-                self._throttle()
-                continue
-            self.throttled = False
+            if not _is_text(frame):
+                continue  # a keep-alive: it counted as activity
             text = self._text(frame)
             if text is None:
                 continue
             cmd = protocol.parse(text)
             _DISPATCH[cmd.kind](self, cmd)
 
-    def _throttle(self) -> None:
-        self.last_active = time.monotonic()
-        self.throttled = True
-        limits = self.hub.cfg.limits
-        if not limits.flood_strikes or self.bucket.strikes <= limits.flood_strikes:
-            # every dropped line is answered, so a client that waits for a reply
-            # to each line (chatsvc-client in scripted mode) never waits forever
-            self.hub.reply(
-                self,
-                protocol.error(
-                    f"slow down: line dropped (limit {limits.flood_rate:g} lines/s, "
-                    f"bursts of {limits.flood_burst})"
-                ),
-            )
-        if limits.flood_strikes and self.bucket.strikes > limits.flood_strikes:
-            self.hub.close(self, "flood", protocol.error("flooding; disconnected"))
-
     # --- commands: one method each, selected by Command.kind ---------------------------
 
     def cmd_chat(self, cmd: Command) -> None:
-        room = self.hub.say(self, cmd.text)
+        m = self.member
+        room = self.hub.say(m, cmd.text)
         if room is None:
             return
         if self.hub.cfg.logging.log_messages:
-            logsetup.log.info(
-                "message", room=room, name=self.name, bytes=len(cmd.text), text=cmd.text
-            )
+            logsetup.log.info("message", room=room, name=m.name, bytes=len(cmd.text), text=cmd.text)
         else:
-            logsetup.log.debug("message", room=room, name=self.name, bytes=len(cmd.text))
+            logsetup.log.debug("message", room=room, name=m.name, bytes=len(cmd.text))
 
     def cmd_join(self, cmd: Command) -> None:
-        old = self.room
-        why = self.hub.join(self, cmd.arg)
+        m = self.member
+        old = m.room
+        why = self.hub.join(m, cmd.arg)
         if why is not None:
-            self.hub.reply(self, protocol.error(why))
+            self.tell(why)
             return
-        logsetup.log.info("room_left", name=self.name, room=old)
-        logsetup.log.info("room_joined", name=self.name, room=cmd.arg)
+        logsetup.log.info("room_left", name=m.name, room=old)
+        logsetup.log.info("room_joined", name=m.name, room=cmd.arg)
 
     def cmd_rooms(self, cmd: Command) -> None:
-        self.hub.reply(self, self.hub.room_counts(self))
+        self.tell(self.hub.room_list(self.member))
 
     def cmd_who(self, cmd: Command) -> None:
-        self.hub.reply(self, self.hub.who(self))
+        self.tell(self.hub.who(self.member))
 
     def cmd_msg(self, cmd: Command) -> None:
-        why = self.hub.private(self, cmd.arg, cmd.text)
+        m = self.member
+        why = self.hub.private(m, cmd.arg, cmd.text)
         if why is not None:
-            self.hub.reply(self, protocol.error(why))
+            self.tell(why)
         elif self.hub.cfg.logging.log_messages:
             logsetup.log.info(
-                "private_message",
-                name=self.name,
-                to=cmd.arg,
-                bytes=len(cmd.text),
-                text=cmd.text,
+                "private_message", name=m.name, to=cmd.arg, bytes=len(cmd.text), text=cmd.text
             )
         else:
-            logsetup.log.debug("private_message", name=self.name, to=cmd.arg, bytes=len(cmd.text))
+            logsetup.log.debug("private_message", name=m.name, to=cmd.arg, bytes=len(cmd.text))
 
     def cmd_help(self, cmd: Command) -> None:
-        self.hub.reply(self, *(protocol.notice(line) for line in protocol.HELP_LINES))
+        self.tell(events.Help())
 
     def cmd_quit(self, cmd: Command) -> None:
-        self.hub.close(self, "bye", protocol.notice("goodbye"))
+        self.hub.close(self.member, "bye", events.Goodbye())
 
     def cmd_unknown(self, cmd: Command) -> None:
-        self.hub.reply(self, protocol.error(f"unknown command: {cmd.arg} (try /help)"))
+        self.tell(events.error("unknown_command", command=cmd.arg))
 
     def cmd_usage(self, cmd: Command) -> None:
-        self.hub.reply(self, protocol.error(f"usage: {cmd.arg}"))
+        self.tell(events.error("usage", usage=cmd.arg))
 
     def cmd_empty(self, cmd: Command) -> None:
         pass
@@ -226,3 +229,8 @@ class Session(Conn):
 _DISPATCH: dict[str, Callable[[Session, Command], None]] = {
     name[4:]: getattr(Session, name) for name in dir(Session) if name.startswith("cmd_")
 }
+
+
+def _is_text(frame: Frame) -> bool:
+    """Not a blank line (an overlong one counts as text)."""
+    return not isinstance(frame, bytes) or bool(frame.strip())

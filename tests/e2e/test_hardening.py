@@ -416,7 +416,7 @@ def test_bye_then_half_close_still_delivers_what_was_queued(make_server: MakeSer
         # EPOLLOUT, which cannot come while reader does not read
         with server.hub.lock:
             m = next(m for m in server.hub.members if m.name == "reader")
-            return bool(getattr(m, "polled", False)) and m.queued >= 20000
+            return bool(getattr(m.link, "polled", False)) and m.queued >= 20000
 
     payload = "p" * 1000
     sent = 0

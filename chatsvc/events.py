@@ -1,0 +1,165 @@
+"""What the server tells clients, as small typed events that no wire format is in.
+
+The hub fans out these events; each connection's dialect (``chatsvc.dialects``)
+renders them to bytes, once per (event, dialect) per broadcast.  An event says
+*what happened* (who, where, which reason code, when), never how a protocol
+words it, so a second dialect (IRC) or a second fan-out backend (a stream of
+events on another node) needs nothing from the line protocol.
+
+Reason and error codes are short stable strings; the dialects own the words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple, Optional, Union
+
+# --- room events: fanned out to every member of a room -----------------------------
+
+
+class Chat(NamedTuple):
+    room: str
+    sender: str
+    text: str
+    time: float
+
+
+class Joined(NamedTuple):
+    room: str
+    name: str
+
+
+class Left(NamedTuple):
+    """``reason``: a disconnect reason (``bye``, ``eof``, ``idle``...) or ``moved``."""
+
+    room: str
+    name: str
+    reason: str
+
+
+class Kicked(NamedTuple):
+    """Another member of the room was kicked by an operator."""
+
+    room: str
+    name: str
+    reason: str
+
+
+class Announcement(NamedTuple):
+    """An operator's broadcast (to one room, or to all when ``room`` is None)."""
+
+    text: str
+    room: Optional[str] = None
+
+
+class ShuttingDown(NamedTuple):
+    """The server stops now (``seconds`` None) or after a countdown."""
+
+    seconds: Optional[float] = None
+    reason: Optional[str] = None
+
+
+# --- events for one member ----------------------------------------------------------
+
+
+class Private(NamedTuple):
+    """A private message; ``echo`` is the sender's own copy."""
+
+    sender: str
+    target: str
+    text: str
+    time: float
+    echo: bool = False
+
+
+class Welcome(NamedTuple):
+    """The greeting; it asks for a name."""
+
+    version: str
+
+
+class Hello(NamedTuple):
+    """Login accepted: the member is ``name`` in ``room``."""
+
+    name: str
+    room: str
+
+
+class NowIn(NamedTuple):
+    room: str
+
+
+class YouWereKicked(NamedTuple):
+    reason: str
+
+
+class Goodbye(NamedTuple):
+    pass
+
+
+class RoomList(NamedTuple):
+    counts: tuple[tuple[str, int], ...]
+    current: Optional[str]
+
+
+class WhoList(NamedTuple):
+    room: str
+    names: tuple[str, ...]
+
+
+class Help(NamedTuple):
+    pass
+
+
+class Error(NamedTuple):
+    """A refusal or error, by ``code`` (see ``ERROR_CODES``) with its parameters."""
+
+    code: str
+    params: Mapping[str, object] = {}
+
+
+def error(code: str, **params: object) -> Error:
+    return Error(code, params)
+
+
+ERROR_CODES = frozenset(
+    {
+        "line_too_long",  # limit
+        "bad_text",  # why (the decode problem)
+        "slow_down",  # rate, burst
+        "flooding",
+        "unknown_command",  # command
+        "usage",  # usage
+        "no_such_room",  # room, rooms
+        "already_in_room",  # room
+        "not_in_room",
+        "no_such_user",  # name
+        "bad_name",  # why
+        "name_taken",  # name
+        "name_banned",  # name, seconds
+        "too_many_names",
+        "login_timeout",
+        "idle_timeout",  # seconds
+        "refused",  # reason: server_full, per_ip_limit, shutting_down, banned, no_resources
+    }
+)
+
+RoomEvent = Union[Chat, Joined, Left, Kicked, Announcement, ShuttingDown]
+Event = Union[
+    Chat,
+    Joined,
+    Left,
+    Kicked,
+    Announcement,
+    ShuttingDown,
+    Private,
+    Welcome,
+    Hello,
+    NowIn,
+    YouWereKicked,
+    Goodbye,
+    RoomList,
+    WhoList,
+    Help,
+    Error,
+]
