@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,14 +82,6 @@ def make_server() -> Iterator[Callable[..., ServerHandle]]:
 @pytest.fixture
 def server(make_server: Callable[..., ServerHandle]) -> ServerHandle:
     return make_server()
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A directory under /tmp with a short path, for Unix sockets (about 100 bytes max)."""
-    path = Path(tempfile.mkdtemp(prefix="cs-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
