@@ -63,6 +63,7 @@ ERROR_TEXT = {
     "no_such_room": "no such room: {room} (rooms: {rooms})",
     "already_in_room": "you are already in {room}",
     "not_in_room": "not in a room",
+    "not_on_channel": "you are not in {room}",
     "closing": "connection closing",
     "no_such_user": "no such user: {name}",
     "name_required": "a name is required",
@@ -82,7 +83,10 @@ WHO_LINE_BYTES = 1000
 
 
 class Dialect(Protocol):
+    """``echo_own``: a member gets its own chat lines back (in the room's order)."""
+
     name: str
+    echo_own: bool
 
     def render(self, event: Event) -> bytes: ...
 
@@ -161,6 +165,7 @@ class LineDialect:
     """The seed's line protocol (``docs/protocol.md``): ``[room] name: text``, ``* ``, ``! ``."""
 
     name = "line"
+    echo_own = True
 
     def render(self, event: Event) -> bytes:
         return _LINE_TABLE[type(event)](event).encode()

@@ -30,11 +30,15 @@ class Joined(NamedTuple):
 
 
 class Left(NamedTuple):
-    """``reason``: a disconnect reason (``bye``, ``eof``, ``idle``...) or ``moved``."""
+    """``reason``: a disconnect reason (``bye``, ``eof``, ``idle``...), ``moved`` or ``part``.
+
+    ``text``: the member's own parting words (IRC ``PART``/``QUIT``), if any.
+    """
 
     room: str
     name: str
     reason: str
+    text: str = ""
 
 
 class Kicked(NamedTuple):
@@ -79,10 +83,10 @@ class Welcome(NamedTuple):
 
 
 class Hello(NamedTuple):
-    """Login accepted: the member is ``name`` in ``room``."""
+    """Login accepted: the member is ``name``, in ``room`` (None: in no room yet)."""
 
     name: str
-    room: str
+    room: Optional[str]
 
 
 class NowIn(NamedTuple):
@@ -133,6 +137,7 @@ ERROR_CODES = frozenset(
         "no_such_room",  # room, rooms
         "already_in_room",  # room
         "not_in_room",
+        "not_on_channel",  # room
         "no_such_user",  # name
         "bad_name",  # why
         "name_taken",  # name

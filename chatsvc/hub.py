@@ -90,7 +90,7 @@ class Member:
         "outbox",
         "port",
         "queued",
-        "room",
+        "rooms",
         "scheduled",
         "throttled",
     )
@@ -110,7 +110,7 @@ class Member:
         # hub
         self.name: Optional[str] = None  # set at login
         self.key: Optional[str] = None  # casefolded name, the key in Hub.by_name
-        self.room: Optional[str] = None
+        self.rooms: dict[str, None] = {}  # one room (line protocol) or several (IRC)
         self.msgs_sent = 0
         self.outbox: list[bytes] = []  # rendered lines the writer has not taken yet
         self.queued = 0  # bytes in ``outbox`` plus bytes the writer holds unsent
@@ -122,6 +122,13 @@ class Member:
     @property
     def label(self) -> str:
         return self.name or f"{self.addr}:{self.port}"
+
+    @property
+    def room(self) -> Optional[str]:
+        """The room of a one-room member (the first one joined otherwise); hub."""
+        for room in self.rooms:
+            return room
+        return None
 
 
 _NO_WRITER = Mailbox(lambda: None)
@@ -309,8 +316,8 @@ class Hub:
             self.refused[reason] += 1
             return reason
 
-    def login(self, m: Member, name: str) -> Optional[Error]:
-        """Register ``name`` and join the default room; why not, if refused."""
+    def login(self, m: Member, name: str, join_default: bool = True) -> Optional[Error]:
+        """Register ``name`` (and join the default room); why not, if refused."""
         key = name.casefold()
         with self.lock:
             if m.close_reason is not None:
@@ -326,10 +333,12 @@ class Hub:
             m.name, m.key = name, key
             self.by_name[key] = m
             self.logins += 1
-            room = self.cfg.rooms.default
-            self.rooms[room][m] = None
-            m.room = room
-            self._announce_membership(room, events.Joined(room, name), m)
+            room: Optional[str] = None
+            if join_default:
+                room = self.cfg.rooms.default
+                self.rooms[room][m] = None
+                m.rooms[room] = None
+                self._announce_membership(room, events.Joined(room, name), m)
             self._put(m, events.Hello(name, room), reply=True)
             owed = self._owed()
         _wake(owed)
@@ -346,25 +355,70 @@ class Hub:
             if room == old:
                 return events.error("already_in_room", room=room)
             del self.rooms[old][m]
+            del m.rooms[old]
             self._announce_membership(old, events.Left(old, m.name, "moved"), m)
             self.rooms[room][m] = None
-            m.room = room
+            m.rooms[room] = None
             self._announce_membership(room, events.Joined(room, m.name), m)
             self._put(m, events.NowIn(room), reply=True)
             owed = self._owed()
         _wake(owed)
         return None
 
-    def say(self, m: Member, text: str) -> Optional[str]:
-        """Chat to ``m``'s room, the sender included; returns the room (None if none)."""
+    def enter(self, m: Member, room: str) -> Optional[Error]:
+        """Join ``room`` as well as the rooms ``m`` is in (IRC); why not, if refused.
+
+        The member gets its own ``Joined`` (an IRC client waits for its JOIN);
+        the room is told as usual.
+        """
         with self.lock:
-            room = m.room
-            if room is None or m.close_reason is not None or m.name is None:
+            if room not in self.rooms:
+                return events.error("no_such_room", room=room, rooms=", ".join(self.rooms))
+            if m.name is None or m.close_reason is not None:
+                return events.error("not_in_room")
+            if room in m.rooms:
+                return events.error("already_in_room", room=room)
+            self.rooms[room][m] = None
+            m.rooms[room] = None
+            joined = events.Joined(room, m.name)
+            self._announce_membership(room, joined, m)
+            self._put(m, joined, reply=True)
+            owed = self._owed()
+        _wake(owed)
+        return None
+
+    def part(self, m: Member, room: str, text: str = "") -> Optional[Error]:
+        """Leave one room (IRC ``PART``); the member gets its own ``Left``."""
+        with self.lock:
+            if room not in m.rooms or m.name is None:
+                return events.error("not_on_channel", room=room)
+            del self.rooms[room][m]
+            del m.rooms[room]
+            left = events.Left(room, m.name, "part", text)
+            self._announce_membership(room, left, m)
+            self._put(m, left, reply=True)
+            owed = self._owed()
+        _wake(owed)
+        return None
+
+    def say(self, m: Member, text: str, room: Optional[str] = None) -> Optional[str]:
+        """Chat to ``room`` (default: ``m``'s one room); returns the room (None if not in it).
+
+        The sender gets its own line back when its dialect echoes (the line
+        protocol does; IRC only with ``echo-message``), in the room's order.
+        """
+        with self.lock:
+            if room is None:
+                room = m.room
+            if room is None or room not in m.rooms or m.close_reason is not None:
+                return None
+            if m.name is None:
                 return None
             self.messages_in += 1
             self.bytes_in += len(text.encode())
             m.msgs_sent += 1
-            self.backend.publish(room, events.Chat(room, m.name, text, time.time()), None)
+            exclude = None if m.dialect.echo_own else m
+            self.backend.publish(room, events.Chat(room, m.name, text, time.time()), exclude)
             owed = self._owed()
         _wake(owed)
         return room
@@ -399,9 +453,9 @@ class Hub:
             counts = tuple((r, len(ms)) for r, ms in self.rooms.items())
             return events.RoomList(counts, m.room if m else None)
 
-    def who(self, m: Member) -> events.WhoList:
+    def who(self, m: Member, room: Optional[str] = None) -> events.WhoList:
         with self.lock:
-            room = m.room or self.cfg.rooms.default
+            room = room or m.room or self.cfg.rooms.default
             return events.WhoList(room, tuple(x.name or "?" for x in self.rooms[room]))
 
     # --- closing -----------------------------------------------------------------
@@ -429,14 +483,14 @@ class Hub:
 
     def _detach(self, m: Member, reason: str, kicked: str = "") -> None:
         """Take ``m`` out of its room and the name map, telling the room; lock held."""
-        room = m.room
-        if room is not None and m.name is not None:
-            m.room = None
-            del self.rooms[room][m]
-            if kicked:
-                self._announce_membership(room, events.Kicked(room, m.name, kicked), m)
-            elif not (self.shutting_down or reason == "shutdown"):
-                self._announce_membership(room, events.Left(room, m.name, reason), m)
+        if m.name is not None:
+            for room in m.rooms:
+                del self.rooms[room][m]
+                if kicked:
+                    self._announce_membership(room, events.Kicked(room, m.name, kicked), m)
+                elif not (self.shutting_down or reason == "shutdown"):
+                    self._announce_membership(room, events.Left(room, m.name, reason), m)
+            m.rooms = {}
         if m.key is not None and self.by_name.get(m.key) is m:
             del self.by_name[m.key]
 
@@ -661,6 +715,7 @@ class Hub:
                 {
                     "name": m.name,
                     "room": m.room,
+                    "rooms": list(m.rooms),
                     "addr": f"{m.addr}:{m.port}",
                     "protocol": m.dialect.name,
                     "connected_at": m.connected_at,

@@ -901,3 +901,39 @@ def test_kick_of_an_absent_name_still_sets_the_name_ban() -> None:
     result = hub.kick("ghost", "pre-emptive", ban_seconds=30, ban_address=True)
     assert result == KickResult(False, True, None, 0)
     assert "ghost" in hub.bans
+
+
+class _NoEcho:
+    """A dialect like IRC's without echo-message: it does not get its own lines."""
+
+    name = "noecho"
+    echo_own = False
+
+    def render(self, event: events.Event) -> bytes:
+        return LINE.render(event)
+
+
+def test_a_multi_room_member_enters_speaks_and_parts() -> None:
+    hub = make_hub()
+    irc = Member("127.0.0.1", 1, _NoEcho())
+    assert hub.add(irc) is None
+    assert hub.login(irc, "ircuser", join_default=False) is None
+    assert irc.rooms == {}
+    alice = connect(hub, "alice")
+    drain(hub, alice)
+    assert hub.enter(irc, "lobby") is None
+    assert hub.enter(irc, "work") is None
+    assert said(hub.enter(irc, "work")) == "you are already in work"
+    assert list(irc.rooms) == ["lobby", "work"]
+    assert hub.say(irc, "hi", "work") == "work"
+    assert hub.say(irc, "hi all", "lobby") == "lobby"
+    assert hub.say(irc, "nope", "team") is None
+    assert drain(hub, alice) == ["* ircuser joined lobby", "[lobby] ircuser: hi all"]
+    own = drain(hub, irc)
+    assert "* ircuser joined lobby" in own and "* ircuser joined work" in own
+    assert not any(line.startswith("[") for line in own)  # no echo of its own lines
+    assert hub.part(irc, "lobby", "bye now") is None
+    assert said(hub.part(irc, "lobby")) == "you are not in lobby"
+    assert drain(hub, alice) == ["* ircuser left lobby"]
+    hub.remove(irc, "eof")
+    assert hub.rooms["work"] == {}
