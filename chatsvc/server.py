@@ -363,3 +363,7 @@ class ChatServer:
                 return False
             self._wake.wait(remaining)
         return True
+
+    def config(self) -> Config:
+        """The live config, for the admin server (it changes on reload)."""
+        return self.cfg
