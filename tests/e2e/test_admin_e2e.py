@@ -22,6 +22,7 @@ import pytest
 
 from chatsvc import __version__, config, logsetup
 from chatsvc import admin as admin_server
+from chatsvc.errors import ConfigError
 from chatsvc.server import ChatServer
 from tests.e2e.helpers import RawClient, ServerProcess, logged_in, wait_until
 from tests.runas import run_main_as_nobody
@@ -716,3 +717,27 @@ def test_kick_ban_of_a_name_nobody_holds_says_the_ban_is_set(
     nothing = cli.run("kick", "mallory2")
     assert nothing.returncode == 1
     assert "no such user: mallory2 [not_found]" in nothing.stderr
+
+
+def test_reload_reports_only_a_bad_file_as_failed_and_a_bug_as_internal(
+    inproc: InProcessServer, raw: Callable[[], RawAdmin], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = raw()
+    conn.read()
+
+    def bad_file(check: bool = False) -> dict[str, Any]:
+        raise ConfigError("/etc/chatsvc/chatsvc.toml", "limits.flood_rate", "a number", "-1")
+
+    monkeypatch.setattr(inproc.server, "reload", bad_file)
+    reply = conn.ask(b'{"cmd": "reload"}\n')
+    assert reply["code"] == "failed"
+    assert reply["error"].startswith("reload failed, nothing changed: /etc/chatsvc/chatsvc.toml")
+
+    def bug(check: bool = False) -> dict[str, Any]:
+        raise KeyError("limits")
+
+    monkeypatch.setattr(inproc.server, "reload", bug)
+    reply = conn.ask(b'{"cmd": "reload", "check": true}\n')
+    assert reply["code"] == "internal"
+    assert "(KeyError)" in reply["error"]
+    assert [e["cmd"] for e in inproc.events("admin_internal_error")] == ["reload"]
