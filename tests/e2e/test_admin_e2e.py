@@ -1,7 +1,9 @@
 """The admin channel end to end: the real ``chatsvc`` and the real ``chatsvc-admin``.
 
 Each test starts the server entry point with a temp config whose admin socket
-is in a short temp dir (``short_tmp``), and runs the CLI as a subprocess.
+is in a short temp dir (``short_tmp``), and runs the CLI as a subprocess.  The
+tests that need to break a handler run the real ChatServer in this process
+(``inproc``) and patch one hub or server method.
 """
 
 from __future__ import annotations
