@@ -69,6 +69,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("--daemon needs --pidfile PATH")
     try:
         cfg, overrides = effective_config(args)
+        config.admin_group_id(cfg)  # a missing group is a config error, not a failed start
     except ConfigError as exc:
         print(f"chatsvc: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

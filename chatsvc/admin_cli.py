@@ -1,8 +1,10 @@
 """``chatsvc-admin``: the command-line client of the admin channel.
 
-Protocol, socket lookup and exit codes: docs/admin.md.  :class:`AdminClient`
-speaks the protocol; the ``format_*`` functions turn a reply's ``result`` into
-the human output; :func:`main` ties them to the command line.
+Socket lookup and exit codes: docs/admin.md; the protocol and the exit-code
+facts: :mod:`chatsvc.adminproto`.  :class:`AdminClient` speaks the protocol; the
+``format_*`` functions turn a reply's ``result`` into the human output;
+:func:`main` ties them to the command line.  A request is checked as the
+server will check it before connecting (a bad argument is a usage error).
 
 Config: ``--config PATH`` or ``$CHATSVC_CONFIG`` must load, else exit 2.  The
 system config ``/etc/chatsvc/chatsvc.toml`` is only a default: if it cannot be
@@ -25,6 +27,26 @@ from typing import Any, Callable, Optional
 
 from chatsvc import __version__, config
 from chatsvc.adminpath import resolve_socket
+from chatsvc.adminproto import (
+    EXIT_BUSY,
+    EXIT_DENIED,
+    EXIT_FAILED,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_PROTOCOL,
+    EXIT_USAGE,
+    MAX_REPLY_BYTES,
+    PROTOCOL_VERSION,
+    BadArgument,
+    Code,
+    RequestFailed,
+    build_request,
+    decode,
+    encode,
+    exit_status,
+    is_greeting,
+    reply_problem,
+)
 from chatsvc.errors import ChatsvcError, ConfigError
 
 if sys.version_info >= (3, 11):
@@ -32,51 +54,56 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on the oldest supported Python
     import tomli as tomllib
 
-PROTOCOL = 1
 DEFAULT_TIMEOUT = 10.0
-MAX_REPLY_BYTES = 64 << 20  # a users list of 10,000 clients is a few MB
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes with the terminating NUL
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_NOT_RUNNING = 3
-EXIT_DENIED = 4
-EXIT_PROTOCOL = 5
+# A full connection queue (EAGAIN) or a "busy" refusal is retried this long at
+# most, with backoff, before exit 6: under load the server is slow, not gone.
+BUSY_RETRY = 2.0
+BUSY_FIRST_PAUSE = 0.05
+BUSY_MAX_PAUSE = 0.5
 
 
-class AdminError(ChatsvcError):
+class AdminCliError(ChatsvcError):
     """A failure to report on one line; ``exit_code`` is the documented exit status."""
 
     exit_code = EXIT_PROTOCOL
 
 
-class CommandFailed(AdminError):
+class CommandFailed(AdminCliError):
     exit_code = EXIT_FAILED
 
 
-class UsageError(AdminError):
+class UsageError(AdminCliError):
     exit_code = EXIT_USAGE
 
 
-class NotRunning(AdminError):
+class NotRunning(AdminCliError):
     exit_code = EXIT_NOT_RUNNING
 
 
-class PermissionDenied(AdminError):
+class PermissionDenied(AdminCliError):
     exit_code = EXIT_DENIED
 
 
-class ProtocolError(AdminError):
+class ProtocolError(AdminCliError):
     exit_code = EXIT_PROTOCOL
+
+
+class Busy(AdminCliError):
+    exit_code = EXIT_BUSY
 
 
 def group_hint(group: str) -> str:
     return f"are you in the {group!r} group?" if group else "are you in the chatsvc admin group?"
 
 
-def connect_error(path: str, exc: OSError, group: str = "") -> AdminError:
+def connect_error(path: str, exc: OSError, group: str = "") -> AdminCliError:
     """A readable error for a failed connect, supervisorctl style."""
+    if exc.errno == errno.EAGAIN:  # a non-blocking connect to a full queue
+        return Busy(
+            f"chatsvc is running but its admin socket {path} is not taking connections "
+            "(queue full) — try again shortly"
+        )
     if isinstance(exc, socket.timeout):
         return NotRunning(f"no answer at {path} — is chatsvc running?")
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
@@ -92,8 +119,9 @@ class AdminClient:
     """One connection to the admin socket.
 
     ``with AdminClient(path) as client: reply = client.request("kick", name="bob")``;
-    entering connects and reads the greeting.  ``request`` returns the whole reply
-    (check ``reply["ok"]``) and raises :class:`AdminError` when there is none.
+    entering connects and reads the greeting, retrying for up to ``BUSY_RETRY``
+    seconds while the server is busy.  ``request`` returns the whole reply (check
+    ``reply["ok"]``) and raises :class:`AdminCliError` when there is none.
     """
 
     def __init__(self, path: str, timeout: float = DEFAULT_TIMEOUT, group: str = "") -> None:
@@ -114,6 +142,23 @@ class AdminClient:
     def connect(self) -> dict[str, Any]:
         if len(os.fsencode(self.path)) > MAX_UNIX_PATH:
             raise UsageError(f"socket path too long for a Unix socket: {self.path}")
+        deadline = time.monotonic() + min(BUSY_RETRY, self.timeout)
+        pause = BUSY_FIRST_PAUSE
+        while True:
+            try:
+                return self._connect_once()
+            except Busy:
+                self.close()
+                if time.monotonic() + pause > deadline:
+                    raise
+            except BaseException:
+                self.close()
+                raise
+            wait_before_retry(pause)
+            pause = min(pause * 2, BUSY_MAX_PAUSE)
+
+    def _connect_once(self) -> dict[str, Any]:
+        self._buf = b""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -130,12 +175,12 @@ class AdminClient:
             ) from None
         except OSError as exc:
             raise ProtocolError(f"connection lost: {exc.strerror or exc}") from None
-        if greeting.get("ok") is False:  # refused before the greeting (peer credentials)
+        if greeting.get("ok") is False:  # refused before the greeting: forbidden or busy
             raise reply_error(greeting, self.group)
-        if greeting.get("server") != "chatsvc" or greeting.get("protocol") != PROTOCOL:
+        if not is_greeting(greeting):
             raise ProtocolError(
                 f"unexpected greeting from {self.path}: {_short(greeting)} "
-                f"(this chatsvc-admin speaks protocol {PROTOCOL})"
+                f"(this chatsvc-admin speaks protocol {PROTOCOL_VERSION})"
             )
         self.greeting = greeting
         return greeting
@@ -143,7 +188,7 @@ class AdminClient:
     def request(self, cmd: str, **args: Any) -> dict[str, Any]:
         if self._sock is None:
             raise ProtocolError("not connected")
-        data = json.dumps({"cmd": cmd, **args}, ensure_ascii=False).encode("utf-8") + b"\n"
+        data = encode({"cmd": cmd, **args})
         try:
             self._sock.sendall(data)
             reply = self._read_message("reply")
@@ -151,8 +196,7 @@ class AdminClient:
             raise ProtocolError(f"no reply to {cmd!r} within {self.timeout:g} s") from None
         except OSError as exc:
             raise ProtocolError(f"connection lost: {exc.strerror or exc}") from None
-        ok = reply.get("ok")
-        if not isinstance(ok, bool) or (ok and not isinstance(reply.get("result"), dict)):
+        if reply_problem(reply):
             raise ProtocolError(f"unexpected reply to {cmd!r}: {_short(reply)}")
         return reply
 
@@ -180,22 +224,27 @@ class AdminClient:
             self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
         try:
-            message = json.loads(line)
-        except ValueError:
-            raise ProtocolError(f"{what} is not JSON: {line[:200]!r}") from None
-        if not isinstance(message, dict):
-            raise ProtocolError(f"{what} is not a JSON object: {line[:200]!r}")
-        return message
+            return decode(line)
+        except ValueError as exc:
+            raise ProtocolError(f"{what} is {exc}: {line[:200]!r}") from None
 
 
-def reply_error(reply: Mapping[str, Any], group: str = "") -> AdminError:
-    """The error for an ``ok: false`` reply: forbidden -> exit 4, anything else -> 1."""
-    code = str(reply.get("code", "failed"))
+def wait_before_retry(seconds: float) -> None:
+    """The pause between attempts while the server is busy (a function, for tests)."""
+    time.sleep(seconds)
+
+
+def reply_error(reply: Mapping[str, Any], group: str = "") -> AdminCliError:
+    """The error for an ``ok: false`` reply, by ``adminproto.exit_status``."""
+    code = str(reply.get("code", Code.FAILED))
     text = str(reply.get("error", "") or code)
     if reply.get("hint"):
         text += f" ({reply['hint']})"
-    if code == "forbidden":
+    status = exit_status(code)
+    if status == EXIT_DENIED:
         return PermissionDenied(f"the server refused this user: {text} — {group_hint(group)}")
+    if status == EXIT_BUSY:
+        return Busy(f"chatsvc is running but busy: {text} [{code}] — try again shortly")
     return CommandFailed(f"{text} [{code}]")
 
 
@@ -339,12 +388,56 @@ def format_reload(result: Mapping[str, Any]) -> str:
 
 
 def format_kick(result: Mapping[str, Any]) -> str:
-    text = f"kicked {result['kicked']}"
+    name, banned = result["name"], float(result.get("banned") or 0)
+    if not result["kicked"]:  # a name ban set for a name nobody holds now
+        return f"no user {name} online; the name is banned for {format_duration(banned)}"
+    text = f"kicked {name}"
     if result.get("reason"):
         text += f" ({result['reason']})"
-    if result.get("ban"):
-        text += f"; banned for {format_duration(float(result['ban']))}"
+    if banned:
+        text += f"; banned for {format_duration(banned)}"
+    if result.get("address"):
+        n = int(result.get("also_closed") or 0)
+        text += f"; address {result['address']} banned too"
+        text += f", {_plural(n, 'other connection')} closed" if n else ""
     return text
+
+
+def kick_shortfall(request: Mapping[str, Any], result: Mapping[str, Any]) -> Optional[str]:
+    """What a kick request asked for and did not get, or None (then exit 0)."""
+    if request.get("ban_address") and not result.get("address"):
+        return (
+            f"no user {result['name']} online, so the address was not banned "
+            "(it is only known while the user is connected); "
+            f"the name is banned for {format_duration(float(result.get('banned') or 0))}"
+        )
+    return None
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def format_ban(result: Mapping[str, Any]) -> str:
+    closed = int(result["closed"])
+    return (
+        f"banned address {result['address']} for {format_duration(float(result['seconds']))}"
+        f"; {_plural(closed, 'connection')} closed"
+    )
+
+
+def format_unban(result: Mapping[str, Any]) -> str:
+    if result.get("name") is not None:
+        return f"lifted the ban on name {result['name']}"
+    return f"lifted the ban on address {result['address']}"
+
+
+def format_bans(result: Mapping[str, Any]) -> str:
+    bans = result["bans"]
+    if not bans:
+        return "no bans"
+    rows = [(b["kind"], b["what"], format_duration(float(b["expires_in"]))) for b in bans]
+    return table(["KIND", "WHAT", "TIME LEFT"], rows, right={"TIME LEFT"})
 
 
 def format_broadcast(result: Mapping[str, Any]) -> str:
@@ -364,6 +457,9 @@ FORMATTERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "stats": format_stats,
     "reload": format_reload,
     "kick": format_kick,
+    "ban": format_ban,
+    "unban": format_unban,
+    "bans": format_bans,
     "broadcast": format_broadcast,
     "shutdown": format_shutdown,
 }
@@ -402,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
             "$CHATSVC_CONFIG, /etc/chatsvc/chatsvc.toml), else $RUNTIME_DIRECTORY/admin.sock, "
             "/run/chatsvc/admin.sock, $XDG_RUNTIME_DIR/chatsvc/admin.sock, "
             "/tmp/chatsvc-UID/admin.sock. Exit status: 0 ok, 1 command failed, 2 usage or "
-            "config error, 3 not running, 4 permission denied, 5 protocol error."
+            "config error, 3 not running, 4 permission denied, 5 protocol error, "
+            "6 busy (running, but no admin connection to be had within 2 s)."
         ),
     )
     where = p.add_mutually_exclusive_group()
@@ -424,8 +521,26 @@ def build_parser() -> argparse.ArgumentParser:
     kick.add_argument("name")
     kick.add_argument("--reason", metavar="TEXT", help="told to the user")
     kick.add_argument(
-        "--ban", type=_positive_seconds, metavar="SECONDS", help="refuse the name for this long"
+        "--ban",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="refuse the name for this long (set even if nobody holds the name now)",
     )
+    kick.add_argument(
+        "--ban-address",
+        action="store_true",
+        help="with --ban: refuse the user's address too, closing its other connections",
+    )
+    ban = sub.add_parser("ban", help="refuse an address, closing its connections")
+    ban.add_argument("--address", required=True, metavar="ADDR", help="an IP address")
+    ban.add_argument(
+        "--for", dest="seconds", required=True, type=_positive_seconds, metavar="SECONDS"
+    )
+    ban.add_argument("--reason", metavar="TEXT", help="told to the clients closed")
+    unban = sub.add_parser("unban", help="lift a name or address ban")
+    unban.add_argument("name", nargs="?", help="the banned name")
+    unban.add_argument("--address", metavar="ADDR", help="the banned address")
+    sub.add_parser("bans", help="bans in force, with the time left")
     bc = sub.add_parser("broadcast", help="send a server notice")
     bc.add_argument("text", nargs="+", help="the notice (words are joined with spaces)")
     bc.add_argument("--room", help="only to this room (default: every room)")
@@ -446,6 +561,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The command-line option for each request argument, for usage errors.
+OPTION_OF = {
+    "reason": "--reason",
+    "ban": "--ban",
+    "ban_address": "--ban-address",
+    "room": "--room",
+    "in": "--in",
+    "seconds": "--for",
+    "address": "--address",
+    "name": "NAME",
+    "text": "TEXT",
+}
+
+
 def request_args(args: argparse.Namespace) -> dict[str, Any]:
     """The request's arguments for the parsed command line."""
     out: dict[str, Any] = {}
@@ -455,6 +584,18 @@ def request_args(args: argparse.Namespace) -> dict[str, Any]:
             out["reason"] = args.reason
         if args.ban is not None:
             out["ban"] = _number(args.ban)
+        if args.ban_address:
+            out["ban_address"] = True
+    elif args.command == "ban":
+        out["address"] = args.address
+        out["seconds"] = _number(args.seconds)
+        if args.reason is not None:
+            out["reason"] = args.reason
+    elif args.command == "unban":
+        if args.name is not None:
+            out["name"] = args.name
+        if args.address is not None:
+            out["address"] = args.address
     elif args.command == "broadcast":
         out["text"] = " ".join(args.text)
         if args.room is not None:
@@ -467,6 +608,18 @@ def request_args(args: argparse.Namespace) -> dict[str, Any]:
         if args.reason is not None:
             out["reason"] = args.reason
     return out
+
+
+def checked_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The request for the command line, checked as the server will; UsageError if bad."""
+    try:
+        return build_request(args.command, **request_args(args))
+    except BadArgument as exc:
+        raise UsageError(
+            f"{args.command}: {OPTION_OF.get(exc.arg, exc.arg)}: {exc.problem}"
+        ) from None
+    except RequestFailed as exc:
+        raise UsageError(f"{args.command}: {exc}") from None
 
 
 def find_socket(
@@ -510,35 +663,43 @@ def print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
+def human_output(command: str, result: Mapping[str, Any]) -> str:
+    try:
+        return FORMATTERS[command](result)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ProtocolError(f"unexpected result for {command!r}: {_short(result)}") from exc
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: argparse has printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
+        request = checked_request(args)
         path, group = find_socket(args)
     except ConfigError as exc:
         warn(f"config error: {exc}")
         return EXIT_USAGE
+    except UsageError as exc:
+        warn(str(exc))
+        return EXIT_USAGE
     try:
         with AdminClient(path, args.timeout, group) as client:
-            reply = client.request(args.command, **request_args(args))
+            reply = client.request(**request)
         if not reply["ok"]:
             if args.json:
                 print_json(reply)
             raise reply_error(reply, group)
         result = reply["result"]
+        shortfall = kick_shortfall(request, result) if args.command == "kick" else None
         if args.json:
             print_json(result)
-            return EXIT_OK
-        try:
-            text = FORMATTERS[args.command](result)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ProtocolError(
-                f"unexpected result for {args.command!r}: {_short(result)}"
-            ) from exc
-        print(text)
-    except AdminError as exc:
+        elif not shortfall:
+            print(human_output(args.command, result))
+        if shortfall:
+            raise CommandFailed(shortfall)
+    except AdminCliError as exc:
         warn(f"{args.command}: {exc}" if exc.exit_code == EXIT_FAILED else str(exc))
         return exc.exit_code
     except BrokenPipeError:  # `chatsvc-admin users | head`: the reader has what it wanted

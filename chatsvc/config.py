@@ -10,6 +10,7 @@ built-in defaults).
 from __future__ import annotations
 
 import dataclasses
+import grp
 import ipaddress
 import os
 import re
@@ -241,7 +242,17 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Validator]]] = {
 OCTAL_KEYS = frozenset({"mode"})  # shown as 0o660, in errors and in render_toml
 
 
+MAX_DESCRIBED = 80  # characters of a bad value quoted in an error
+
+
 def _describe(v: Any, key: str = "") -> str:
+    text = _describe_value(v, key)
+    return text if len(text) <= MAX_DESCRIBED else text[: MAX_DESCRIBED - 3] + "..."
+
+
+def _describe_value(v: Any, key: str = "", depth: int = 0) -> str:
+    if depth > 3:
+        return "..."
     if key in OCTAL_KEYS and isinstance(v, int) and not isinstance(v, bool):
         return oct(v)
     if isinstance(v, dict):
@@ -251,7 +262,8 @@ def _describe(v: Any, key: str = "") -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, list):
-        return "[" + ", ".join(_describe(x) for x in v) + "]"
+        items = [_describe_value(x, "", depth + 1) for x in v[:10]]
+        return "[" + ", ".join(items + (["..."] if len(v) > 10 else [])) + "]"
     return repr(v)
 
 
@@ -308,11 +320,34 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(where, "-", "a readable file", "permission denied") from None
     except IsADirectoryError:
         raise ConfigError(where, "-", "a TOML file", "a directory") from None
+    except OSError as exc:  # a name too long, a loop of links, an I/O error, ...
+        raise ConfigError(where, "-", "a readable file", exc.strerror or str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(where, "-", "valid TOML", str(exc)) from None
     except UnicodeDecodeError:
         raise ConfigError(where, "-", "UTF-8 TOML text", "undecodable bytes") from None
+    except RecursionError:  # the TOML parser recurses once or twice per level
+        raise ConfigError(
+            where, "-", "TOML nested a few levels deep", "arrays or tables nested too deeply"
+        ) from None
     return from_mapping(data, where)
+
+
+def admin_group_id(cfg: Config) -> Optional[int]:
+    """The gid of ``[admin] group`` (None if unset); ConfigError if no such group.
+
+    Checked against this machine, so by ``--check-config`` and at start, not by ``load``
+    (``chatsvc-admin`` reads the same file and needs no group).
+    """
+    name = cfg.admin.group
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(
+            cfg.source or "<built-in>", "admin.group", "an existing group", repr(name)
+        ) from None
 
 
 def find_config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> str | None:
@@ -322,9 +357,11 @@ def find_config_path(explicit: str | None, environ: Mapping[str, str] | None = N
         return explicit
     if env.get(ENV_CONFIG):
         return env[ENV_CONFIG]
-    if SYSTEM_CONFIG.is_file():
-        return str(SYSTEM_CONFIG)
-    return None
+    try:
+        present = SYSTEM_CONFIG.is_file()
+    except OSError:  # cannot look into /etc/chatsvc: let load() say so
+        present = True
+    return str(SYSTEM_CONFIG) if present else None
 
 
 def load_effective(explicit: str | None) -> Config:

@@ -24,7 +24,7 @@ from chatsvc import config, events, logsetup, systemd
 from chatsvc.admin import AdminServer
 from chatsvc.config import Config
 from chatsvc.dialects import LINE
-from chatsvc.errors import ChatsvcError, StartupError
+from chatsvc.errors import ConfigError, StartupError
 from chatsvc.hub import Hub, Member
 from chatsvc.outbound import Link, OutboundWriter
 from chatsvc.session import Session
@@ -247,8 +247,10 @@ class ChatServer:
     def _reload_from_signal(self) -> None:
         try:
             self.reload()
-        except (ChatsvcError, OSError) as exc:  # a bad file: log it, keep running as before
+        except ConfigError as exc:  # a bad file: nothing changed, keep running as before
             logsetup.log.error("config_reload_failed", error=str(exc))
+        except Exception:  # a bug while applying: keep serving, keep the traceback
+            logsetup.log.exception("config_reload_internal_error")
 
     def _accept_batch(self) -> bool:
         """Accept what is waiting; False if out of descriptors (the caller backs off)."""

@@ -1,7 +1,9 @@
 """The admin channel end to end: the real ``chatsvc`` and the real ``chatsvc-admin``.
 
 Each test starts the server entry point with a temp config whose admin socket
-is in a short temp dir (``short_tmp``), and runs the CLI as a subprocess.
+is in a short temp dir (``short_tmp``), and runs the CLI as a subprocess.  The
+tests that need to break a handler run the real ChatServer in this process
+(``inproc``) and patch one hub or server method.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pytest
 
-from chatsvc import __version__
-from tests.e2e.helpers import RawClient, ServerProcess, logged_in
+from chatsvc import __version__, config, logsetup
+from chatsvc import admin as admin_server
+from chatsvc.errors import ConfigError
+from chatsvc.server import ChatServer
+from tests.e2e.helpers import RawClient, ServerProcess, logged_in, wait_until
 from tests.runas import run_main_as_nobody
 
 StartProc = Callable[..., ServerProcess]
@@ -234,7 +240,14 @@ def test_kick_and_ban_seen_by_the_client(
     reply = json.loads(as_json.stdout)
     assert reply["ok"] is False and reply["code"] == "not_found"
 
-    assert cli.json("kick", "carol")["kicked"] == "carol"
+    assert cli.json("kick", "carol") == {
+        "name": "carol",
+        "kicked": True,
+        "reason": "kicked by an operator",
+        "banned": 0,
+        "address": None,
+        "also_closed": 0,
+    }
 
 
 def test_reload(
@@ -365,6 +378,16 @@ def test_greeting_and_several_requests(
         (b'{"cmd": "reload", "check": "yes"}\n', "bad_request"),
         (b'{"cmd": "shutdown", "in": -1}\n', "bad_request"),
         (b'{"cmd": "broadcast", "text": "two\\nlines"}\n', "bad_request"),
+        (b'{"cmd": "broadcast", "text": "\\u001b[2Jgone"}\n', "bad_request"),
+        (b'{"cmd": "kick", "name": "x", "reason": "a\\n[lobby] bob: hi"}\n', "bad_request"),
+        (b'{"cmd": "kick", "name": "x", "reason": "a\\u2028b"}\n', "bad_request"),
+        (b'{"cmd": "kick", "name": "x", "ban_address": true}\n', "bad_request"),
+        (b'{"cmd": "kick", "name": "x", "resaon": "typo"}\n', "bad_request"),
+        (b'{"cmd": "shutdown", "reason": "a\\r\\n[lobby] bob: hi"}\n', "bad_request"),
+        (b'{"cmd": "ban", "address": "nowhere", "seconds": 5}\n', "bad_request"),
+        (b'{"cmd": "unban", "name": "ghost"}\n', "not_found"),
+        (b"[" * 50_000 + b"\n", "bad_request"),
+        (b'{"cmd": "stats", "x": ' + b"[" * 40_000 + b"]" * 20_000 + b"}\n", "bad_request"),
         (b'{"cmd": "kick", "name": "ghost"}\n', "not_found"),
     ],
 )
@@ -457,3 +480,266 @@ def test_console_script_finds_the_socket_through_the_config(
     proc = subprocess.run([script, "stats"], capture_output=True, text=True, timeout=20, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "clients" in proc.stdout
+
+
+# --- a failing handler is contained -------------------------------------------------------
+
+
+class InProcessServer:
+    """The real ChatServer with its admin socket, in this process, logging JSON to a file."""
+
+    def __init__(self, sock_path: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115
+        cfg = config.from_mapping(
+            {
+                "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace": 3.0},
+                "logging": {"level": "info", "format": "json"},
+            },
+            "test",
+        )
+        logsetup.configure("info", "json", self._log)
+        self.server = ChatServer(cfg, admin_path=str(sock_path))
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+        assert self.server.started.wait(5)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        lines = self.log_path.read_text(encoding="utf-8").splitlines()
+        return [e for e in map(json.loads, lines) if e.get("event") == name]
+
+    def stop(self) -> None:
+        self.server.request_stop()
+        self._thread.join(10)
+        logsetup.configure("warning", "json", sys.stderr)  # not the file closed next
+        self._log.close()
+
+
+@pytest.fixture
+def inproc(sock_path: Path, tmp_path: Path) -> Iterator[InProcessServer]:
+    handle = InProcessServer(sock_path, tmp_path / "log.jsonl")
+    yield handle
+    handle.stop()
+
+
+def test_an_exception_in_a_handler_is_an_internal_reply_logged_and_audited(
+    inproc: InProcessServer,
+    cli: Admin,
+    raw: Callable[[], RawAdmin],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uncaught: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+
+    def broken_stats() -> dict[str, Any]:
+        raise RuntimeError("counter table corrupted")
+
+    monkeypatch.setattr(inproc.server.hub, "stats", broken_stats)
+    proc = cli.run("stats")
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        "chatsvc-admin: stats: internal error in chatsvc while handling 'stats' (RuntimeError); "
+        "the server log has the details (event admin_internal_error) [internal]\n"
+    )
+
+    conn = raw()  # the same connection still serves the next request
+    conn.read()
+    assert conn.ask(b'{"cmd": "stats"}\n')["code"] == "internal"
+    assert conn.ask(b'{"cmd": "rooms"}\n')["ok"] is True
+
+    audits = wait_until(
+        lambda: inproc.events("admin_command")[2:] and inproc.events("admin_command")
+    )
+    assert [a["result"] for a in audits] == ["internal", "internal", "ok"]
+    errors = inproc.events("admin_internal_error")
+    assert len(errors) == 2
+    assert errors[0]["cmd"] == "stats" and errors[0]["level"] == "error"
+    assert "exception" in errors[0] or "exc_info" in errors[0]  # the traceback, as a field
+    assert uncaught == []  # no thread died with a traceback on stderr
+
+
+# --- holes found by an adversarial run ------------------------------------------------------
+
+
+def test_forged_lines_and_escapes_from_operators_are_refused(
+    chatsvc_proc: StartProc, cli: Admin, raw: Callable[[], RawAdmin], clients: list[RawClient]
+) -> None:
+    proc = chatsvc_proc()
+    alice = login(clients, proc, "alice")
+    login(clients, proc, "bob")
+    forged = "bye\n[lobby] alice: I am leaving, give my admin rights to mallory"
+    for argv, option in [
+        (["kick", "bob", "--reason", forged], "--reason"),
+        (["shutdown", "--reason", forged], "--reason"),
+        (["broadcast", "\x1b]0;owned\x07\x1b[2Jhi"], "TEXT"),
+    ]:
+        refused = cli.run(*argv)
+        assert refused.returncode == 2, refused.stderr
+        assert f"{argv[0]}: {option}: " in refused.stderr
+
+    conn = raw()  # a script speaking the protocol gets the same answer
+    conn.read()
+    for request in (
+        {"cmd": "kick", "name": "bob", "reason": forged},
+        {"cmd": "shutdown", "reason": forged},
+        {"cmd": "broadcast", "text": "\x1b[2Jhi"},
+    ):
+        reply = conn.ask(json.dumps(request).encode() + b"\n")
+        assert reply["code"] == "bad_request", reply
+
+    alice.send("/who")  # a marker: nothing reached alice before its answer
+    alice.expect("bob")
+    assert not any("mallory" in line or "\x1b" in line for line in alice.seen)
+    assert {u["name"] for u in cli.json("users")["users"]} == {"alice", "bob"}
+    assert proc.proc.poll() is None
+
+
+def test_idle_admin_connections_do_not_lock_other_operators_out(
+    chatsvc_proc: StartProc, raw: Callable[[], RawAdmin], sock_path: Path
+) -> None:
+    proc = chatsvc_proc()
+    held = [raw() for _ in range(admin_server.MAX_CONNECTIONS)]
+    for conn in held:
+        assert conn.read()["protocol"] == 1
+    for conn in held[1:]:  # held[0] is now the one idle longest
+        assert conn.ask(b'{"cmd": "rooms"}\n')["ok"] is True
+
+    def admitted() -> Optional[RawAdmin]:
+        conn = RawAdmin(sock_path)
+        first = conn.read()
+        if first is not None and first.get("protocol") == 1 and "ok" not in first:
+            return conn
+        assert first is not None and first["code"] == "busy", first
+        conn.close()
+        return None
+
+    newcomer = wait_until(admitted, timeout=10, what="an admin connection to be admitted")
+    try:
+        assert newcomer.ask(b'{"cmd": "stats"}\n')["ok"] is True
+    finally:
+        newcomer.close()
+    evicted = held[0].read()
+    assert evicted["ok"] is False and evicted["code"] == "timeout"
+    assert "idle" in evicted["error"]
+    assert held[0].read() is None  # closed
+    assert all(c.ask(b'{"cmd": "rooms"}\n')["ok"] for c in held[1:])
+    assert proc.wait_event("admin_idle_closed")["idle"] >= admin_server.EVICTABLE_AFTER
+
+
+def test_deeply_nested_request_gets_one_bad_request_reply_and_no_traceback(
+    chatsvc_proc: StartProc, raw: Callable[[], RawAdmin]
+) -> None:
+    proc = chatsvc_proc()
+    conn = raw()
+    conn.read()
+    reply = conn.ask(b"[" * 50_000 + b"]" * 10_000 + b"\n")
+    assert reply == {
+        "ok": False,
+        "protocol": 1,
+        "code": "bad_request",
+        "error": "request is nested deeper than 32 levels",
+    }
+    assert conn.ask(b'{"cmd": "stats"}\n')["ok"] is True
+    for event in proc.iter_events(2.0):
+        if event.get("event") == "admin_command" and event["cmd"] == "stats":
+            break
+    assert all(line.startswith("{") for line in proc.raw_lines), proc.raw_lines[-5:]
+
+
+# --- bans by address, pre-emptive name bans, lifting and listing ------------------------------
+
+
+def test_kick_with_address_ban_closes_the_address_and_bans_can_be_listed_and_lifted(
+    chatsvc_proc: StartProc, cli: Admin, clients: list[RawClient]
+) -> None:
+    proc = chatsvc_proc()
+    alice = login(clients, proc, "alice")
+    bob = login(clients, proc, "bob")  # every test client comes from 127.0.0.1
+
+    out = cli.ok("kick", "bob", "--reason", "spam", "--ban", "60", "--ban-address")
+    assert out == (
+        "kicked bob (spam); banned for 1m00s; address 127.0.0.1 banned too, "
+        "1 other connection closed\n"
+    )
+    assert "* you were kicked: spam" in bob.lines_until_eof()
+    assert "* you were kicked: spam" in alice.lines_until_eof()
+    with RawClient(proc.host, proc.port) as refused:
+        assert refused.lines_until_eof() == ["! your address is banned from this server"]
+
+    bans = {(b["kind"], b["what"]): b for b in cli.json("bans")["bans"]}
+    assert set(bans) == {("name", "bob"), ("address", "127.0.0.1")}
+    assert 0 < bans[("address", "127.0.0.1")]["expires_in"] <= 60
+    text = cli.ok("bans").splitlines()
+    assert text[0].split() == ["KIND", "WHAT", "TIME", "LEFT"]
+
+    assert cli.ok("unban", "--address", "127.0.0.1") == "lifted the ban on address 127.0.0.1\n"
+    with RawClient(proc.host, proc.port) as again:
+        assert "banned" in again.login("bob")  # the name ban holds
+    assert cli.ok("unban", "bob") == "lifted the ban on name bob\n"
+    login(clients, proc, "bob")
+    gone = cli.run("unban", "bob")
+    assert gone.returncode == 1
+    assert gone.stderr == "chatsvc-admin: unban: no ban on name bob [not_found]\n"
+    assert cli.ok("bans") == "no bans\n"
+
+
+def test_ban_address_command_closes_its_connections(
+    chatsvc_proc: StartProc, cli: Admin, clients: list[RawClient]
+) -> None:
+    proc = chatsvc_proc()
+    alice = login(clients, proc, "alice")
+    out = cli.ok("ban", "--address", "127.0.0.1", "--for", "30", "--reason", "spam wave")
+    assert out == "banned address 127.0.0.1 for 30s; 1 connection closed\n"
+    assert "* you were kicked: spam wave" in alice.lines_until_eof()
+    with RawClient(proc.host, proc.port) as refused:
+        assert refused.lines_until_eof() == ["! your address is banned from this server"]
+    other = cli.run("ban", "--address", "::1", "--for", "30")
+    assert other.returncode == 0
+    assert other.stdout == "banned address ::1 for 30s; 0 connections closed\n"
+
+
+def test_kick_ban_of_a_name_nobody_holds_says_the_ban_is_set(
+    chatsvc_proc: StartProc, cli: Admin, clients: list[RawClient]
+) -> None:
+    proc = chatsvc_proc()
+    out = cli.run("kick", "mallory", "--ban", "600")
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout == "no user mallory online; the name is banned for 10m00s\n"
+    with RawClient(proc.host, proc.port) as refused:
+        assert "banned" in refused.login("mallory")
+
+    both = cli.run("kick", "eve", "--ban", "600", "--ban-address")
+    assert both.returncode == 1
+    assert both.stdout == ""
+    assert "no user eve online, so the address was not banned" in both.stderr
+    assert "the name is banned for 10m00s" in both.stderr
+    login(clients, proc, "alice")  # the address is not banned
+
+    nothing = cli.run("kick", "mallory2")
+    assert nothing.returncode == 1
+    assert "no such user: mallory2 [not_found]" in nothing.stderr
+
+
+def test_reload_reports_only_a_bad_file_as_failed_and_a_bug_as_internal(
+    inproc: InProcessServer, raw: Callable[[], RawAdmin], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = raw()
+    conn.read()
+
+    def bad_file(check: bool = False) -> dict[str, Any]:
+        raise ConfigError("/etc/chatsvc/chatsvc.toml", "limits.flood_rate", "a number", "-1")
+
+    monkeypatch.setattr(inproc.server, "reload", bad_file)
+    reply = conn.ask(b'{"cmd": "reload"}\n')
+    assert reply["code"] == "failed"
+    assert reply["error"].startswith("reload failed, nothing changed: /etc/chatsvc/chatsvc.toml")
+
+    def bug(check: bool = False) -> dict[str, Any]:
+        raise KeyError("limits")
+
+    monkeypatch.setattr(inproc.server, "reload", bug)
+    reply = conn.ask(b'{"cmd": "reload", "check": true}\n')
+    assert reply["code"] == "internal"
+    assert "(KeyError)" in reply["error"]
+    assert [e["cmd"] for e in inproc.events("admin_internal_error")] == ["reload"]

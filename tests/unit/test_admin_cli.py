@@ -1,7 +1,8 @@
 """chatsvc-admin: parsing, output, socket lookup and exit codes, against a fake admin server.
 
-The fake server is a real Unix socket speaking protocol 1 (docs/admin.md) with
-canned replies; the real server is exercised in tests/e2e/test_admin_e2e.py.
+The fake server is a real Unix socket speaking protocol 1 with canned replies,
+built from the same definition as the real server (chatsvc.adminproto); the
+real server is exercised in tests/e2e/test_admin_e2e.py.
 """
 
 from __future__ import annotations
@@ -9,10 +10,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import socket
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,14 +21,17 @@ from typing import Any, Callable, Union
 import pytest
 
 from chatsvc import admin_cli as cli
-from chatsvc import adminpath, config
+from chatsvc import adminpath, adminproto, config
 from chatsvc.adminpath import ensure_private_dir, resolve_socket
+from chatsvc.adminproto import Code, failure
+from chatsvc.adminproto import success as ok
 from chatsvc.errors import StartupError
 from tests.runas import run_main_as_nobody
 
-GREETING = {"protocol": 1, "server": "chatsvc", "version": "0.1.0"}
+GREETING = adminproto.greeting("0.1.0")
 SILENT = object()  # the fake server reads the request and never answers
 Reply = Union[dict[str, Any], bytes, None, object]
+Greeting = Union[dict[str, Any], bytes, None]
 
 RESULTS: dict[str, dict[str, Any]] = {
     "rooms": {
@@ -78,7 +80,22 @@ RESULTS: dict[str, dict[str, Any]] = {
         "drops": {"bye": 100, "idle": 3},
         "refused": {},
     },
-    "kick": {"kicked": "bob", "reason": "spamming", "ban": 600},
+    "kick": {
+        "name": "bob",
+        "kicked": True,
+        "reason": "spamming",
+        "banned": 600,
+        "address": None,
+        "also_closed": 0,
+    },
+    "ban": {"address": "10.0.0.7", "seconds": 600, "reason": "spam", "closed": 2},
+    "unban": {"name": "bob", "address": None, "unbanned": True},
+    "bans": {
+        "bans": [
+            {"kind": "name", "what": "bob", "expires_in": 599.5},
+            {"kind": "address", "what": "10.0.0.7", "expires_in": 7200.0},
+        ]
+    },
     "broadcast": {"delivered_to": 3, "room": "lobby"},
     "reload": {
         "check": False,
@@ -92,14 +109,6 @@ RESULTS: dict[str, dict[str, Any]] = {
 NOW = 1_700_000_000.0 + 60
 
 
-def ok(result: dict[str, Any]) -> dict[str, Any]:
-    return {"ok": True, "protocol": 1, "result": result}
-
-
-def failure(code: str, error: str, **extra: Any) -> dict[str, Any]:
-    return {"ok": False, "protocol": 1, "code": code, "error": error, **extra}
-
-
 def canned(req: dict[str, Any]) -> Reply:
     return ok(RESULTS[req["cmd"]])
 
@@ -108,14 +117,18 @@ class FakeAdminServer:
     """A Unix socket that greets and answers each request line with ``respond(request)``.
 
     ``respond`` returns a reply object, raw bytes, None (close the connection) or
-    SILENT (never answer).  ``greeting`` may be an object, raw bytes or None.
+    SILENT (never answer).  ``greeting`` may be an object, raw bytes, None, or a
+    function of the connection's number (1, 2, ...) returning one of those.  With
+    ``accepting=False`` nothing is accepted until ``resume()``: the listen queue fills.
     """
 
     def __init__(
         self,
         path: Path,
         respond: Callable[[dict[str, Any]], Reply] = canned,
-        greeting: Union[dict[str, Any], bytes, None] = GREETING,
+        greeting: Union[Greeting, Callable[[int], Greeting]] = GREETING,
+        accepting: bool = True,
+        backlog: int = 8,
     ) -> None:
         self.path = str(path)
         self.respond = respond
@@ -123,19 +136,27 @@ class FakeAdminServer:
         self.requests: list[dict[str, Any]] = []
         self.connections = 0
         self._stop = threading.Event()
+        self._accepting = threading.Event()
+        if accepting:
+            self._accepting.set()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
-        self.sock.listen(8)
+        self.sock.listen(backlog)
         self.sock.settimeout(0.05)  # how soon the accept loop notices stop()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def resume(self) -> None:
+        self._accepting.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._accepting.set()
         self._thread.join(5)
         self.sock.close()
 
     def _run(self) -> None:
+        self._accepting.wait()
         while not self._stop.is_set():
             try:
                 conn, _ = self.sock.accept()
@@ -152,10 +173,13 @@ class FakeAdminServer:
                     pass
 
     def _serve(self, conn: socket.socket) -> None:
-        if isinstance(self.greeting, dict):
-            conn.sendall(json.dumps(self.greeting).encode() + b"\n")
-        elif isinstance(self.greeting, bytes):
-            conn.sendall(self.greeting)
+        greeting = self.greeting(self.connections) if callable(self.greeting) else self.greeting
+        if isinstance(greeting, dict):
+            conn.sendall(adminproto.encode(greeting))
+            if greeting.get("ok") is False:
+                return  # refused instead of greeted, as the server does
+        elif isinstance(greeting, bytes):
+            conn.sendall(greeting)
         buf = b""
         while not self._stop.is_set():
             while b"\n" not in buf:
@@ -164,7 +188,7 @@ class FakeAdminServer:
                     return
                 buf += data
             line, _, buf = buf.partition(b"\n")
-            req = json.loads(line)
+            req = adminproto.decode(line)
             self.requests.append(req)
             reply = self.respond(req)
             if reply is None:
@@ -173,22 +197,16 @@ class FakeAdminServer:
                 while conn.recv(65536):  # until the client gives up and closes
                     pass
                 return
-            conn.sendall(reply if isinstance(reply, bytes) else json.dumps(reply).encode() + b"\n")
+            assert isinstance(reply, (bytes, dict))
+            conn.sendall(reply if isinstance(reply, bytes) else adminproto.encode(reply))
 
 
 @pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="cs-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def fake(short_dir: Path) -> Iterator[Callable[..., FakeAdminServer]]:
+def fake(short_tmp: Path) -> Iterator[Callable[..., FakeAdminServer]]:
     servers: list[FakeAdminServer] = []
 
     def start(**kw: Any) -> FakeAdminServer:
-        srv = FakeAdminServer(short_dir / f"admin{len(servers)}.sock", **kw)
+        srv = FakeAdminServer(short_tmp / f"admin{len(servers)}.sock", **kw)
         servers.append(srv)
         return srv
 
@@ -232,6 +250,17 @@ def parse(*argv: str) -> dict[str, Any]:
             {"cmd": "kick", "name": "bob", "reason": "spam", "ban": 600},
         ),
         (["kick", "bob", "--ban", "1.5"], {"cmd": "kick", "name": "bob", "ban": 1.5}),
+        (
+            ["kick", "bob", "--ban", "60", "--ban-address"],
+            {"cmd": "kick", "name": "bob", "ban": 60, "ban_address": True},
+        ),
+        (
+            ["ban", "--address", "10.0.0.7", "--for", "600", "--reason", "spam"],
+            {"cmd": "ban", "address": "10.0.0.7", "seconds": 600, "reason": "spam"},
+        ),
+        (["unban", "bob"], {"cmd": "unban", "name": "bob"}),
+        (["unban", "--address", "::1"], {"cmd": "unban", "address": "::1"}),
+        (["bans"], {"cmd": "bans"}),
         (["broadcast", "back", "in", "5"], {"cmd": "broadcast", "text": "back in 5"}),
         (
             ["broadcast", "hello all", "--room", "work"],
@@ -270,6 +299,9 @@ def test_global_options() -> None:
         ["kick", "bob", "--ban", "0"],
         ["kick", "bob", "--ban", "soon"],
         ["broadcast"],
+        ["ban", "--for", "60"],
+        ["ban", "--address", "10.0.0.7"],
+        ["ban", "--address", "10.0.0.7", "--for", "0"],
         ["shutdown", "--in", "-5"],
         ["shutdown", "--in", "inf"],
         ["--timeout", "0", "rooms"],
@@ -287,8 +319,9 @@ def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(capsys, "--help")
     assert rc == 0
     assert "Exit status" in out
-    for cmd in ("rooms", "users", "kick", "broadcast", "stats", "reload", "shutdown"):
+    for cmd in adminproto.COMMANDS:
         assert cmd in out
+    assert "6 busy" in out
     rc, out, _ = run(capsys, "--version")
     assert rc == 0
     assert out.startswith("chatsvc-admin ")
@@ -433,7 +466,26 @@ def test_format_reload() -> None:
 
 def test_format_short_results() -> None:
     assert cli.format_kick(RESULTS["kick"]) == "kicked bob (spamming); banned for 10m00s"
-    assert cli.format_kick({"kicked": "al", "reason": "", "ban": 0}) == "kicked al"
+    plain = {"name": "al", "kicked": True, "reason": "", "banned": 0, "address": None}
+    assert cli.format_kick(plain) == "kicked al"
+    both = {**RESULTS["kick"], "address": "10.0.0.7", "also_closed": 2}
+    assert cli.format_kick(both) == (
+        "kicked bob (spamming); banned for 10m00s; address 10.0.0.7 banned too, "
+        "2 other connections closed"
+    )
+    offline = {**RESULTS["kick"], "kicked": False}
+    assert cli.format_kick(offline) == "no user bob online; the name is banned for 10m00s"
+    assert cli.format_ban(RESULTS["ban"]) == (
+        "banned address 10.0.0.7 for 10m00s; 2 connections closed"
+    )
+    assert cli.format_unban(RESULTS["unban"]) == "lifted the ban on name bob"
+    assert cli.format_unban({"name": None, "address": "::1"}) == "lifted the ban on address ::1"
+    assert cli.format_bans(RESULTS["bans"]).split("\n") == [
+        "KIND     WHAT      TIME LEFT",
+        "name     bob           9m59s",
+        "address  10.0.0.7      2h00m",
+    ]
+    assert cli.format_bans({"bans": []}) == "no bans"
     assert cli.format_broadcast(RESULTS["broadcast"]) == "delivered to 3 users in room lobby"
     assert cli.format_broadcast({"delivered_to": 1, "room": None}) == (
         "delivered to 1 user in all rooms"
@@ -506,21 +558,21 @@ def test_resolve_defaults_to_the_process(monkeypatch: pytest.MonkeyPatch) -> Non
     assert resolve_socket("", for_client=True) == "/run/svc/admin.sock"
 
 
-def test_ensure_private_dir_creates_0700(short_dir: Path) -> None:
-    target = short_dir / "chatsvc-1"
+def test_ensure_private_dir_creates_0700(short_tmp: Path) -> None:
+    target = short_tmp / "chatsvc-1"
     ensure_private_dir(str(target))
     assert stat.S_IMODE(target.stat().st_mode) == 0o700
     ensure_private_dir(str(target))  # existing and fine
 
 
-def test_ensure_private_dir_refuses_what_others_could_control(short_dir: Path) -> None:
-    open_dir = short_dir / "open"
+def test_ensure_private_dir_refuses_what_others_could_control(short_tmp: Path) -> None:
+    open_dir = short_tmp / "open"
     open_dir.mkdir(mode=0o755)
     open_dir.chmod(0o755)
     with pytest.raises(StartupError, match="private"):
         ensure_private_dir(str(open_dir))
-    link = short_dir / "link"
-    private = short_dir / "private"
+    link = short_tmp / "link"
+    private = short_tmp / "private"
     private.mkdir(mode=0o700)
     link.symlink_to(private)
     with pytest.raises(StartupError):
@@ -528,7 +580,7 @@ def test_ensure_private_dir_refuses_what_others_could_control(short_dir: Path) -
     with pytest.raises(StartupError):
         ensure_private_dir(str(private), uid=os.getuid() + 1)
     with pytest.raises(StartupError, match="cannot create"):
-        ensure_private_dir(str(short_dir / "missing" / "deeper"))
+        ensure_private_dir(str(short_tmp / "missing" / "deeper"))
 
 
 def write(path: Path, text: str) -> Path:
@@ -630,6 +682,13 @@ def test_unparsable_system_config_falls_back_to_the_lookup(
         ),
         (["reload"], {"cmd": "reload", "check": False}, "  server.port: 6321 -> 6400"),
         (
+            ["ban", "--address", "10.0.0.7", "--for", "600", "--reason", "spam"],
+            {"cmd": "ban", "address": "10.0.0.7", "seconds": 600, "reason": "spam"},
+            "banned address 10.0.0.7 for 10m00s; 2 connections closed",
+        ),
+        (["unban", "bob"], {"cmd": "unban", "name": "bob"}, "lifted the ban on name bob"),
+        (["bans"], {"cmd": "bans"}, "address  10.0.0.7      2h00m"),
+        (
             ["shutdown", "--in", "30"],
             {"cmd": "shutdown", "in": 30},
             "chatsvc shutting down in 30 s",
@@ -730,18 +789,18 @@ def test_forbidden_reply_exits_4(
 # --- not running, permission, protocol errors ---------------------------------------------
 
 
-def test_missing_socket_exits_3(capsys: pytest.CaptureFixture[str], short_dir: Path) -> None:
-    path = short_dir / "admin.sock"
+def test_missing_socket_exits_3(capsys: pytest.CaptureFixture[str], short_tmp: Path) -> None:
+    path = short_tmp / "admin.sock"
     rc, out, err = run(capsys, "--socket", str(path), "stats")
     assert rc == cli.EXIT_NOT_RUNNING
     assert out == ""
     assert err == f"chatsvc-admin: no admin socket at {path} — is chatsvc running?\n"
-    rc, _, err = run(capsys, "--socket", str(short_dir / "no-dir" / "admin.sock"), "stats")
+    rc, _, err = run(capsys, "--socket", str(short_tmp / "no-dir" / "admin.sock"), "stats")
     assert rc == cli.EXIT_NOT_RUNNING
 
 
-def test_stale_socket_refused_exits_3(capsys: pytest.CaptureFixture[str], short_dir: Path) -> None:
-    path = short_dir / "admin.sock"
+def test_stale_socket_refused_exits_3(capsys: pytest.CaptureFixture[str], short_tmp: Path) -> None:
+    path = short_tmp / "admin.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))
     stale.close()  # the file stays, nothing listens: what a crashed server leaves
@@ -781,7 +840,7 @@ def test_connect_errors_map_to_exit_codes() -> None:
         errno.ECONNREFUSED: cli.EXIT_NOT_RUNNING,
         errno.EACCES: cli.EXIT_DENIED,
         errno.EPERM: cli.EXIT_DENIED,
-        errno.EAGAIN: cli.EXIT_NOT_RUNNING,
+        errno.EAGAIN: cli.EXIT_BUSY,
     }
     for code, exit_code in cases.items():
         err = cli.connect_error("/p", OSError(code, os.strerror(code)))
@@ -789,9 +848,9 @@ def test_connect_errors_map_to_exit_codes() -> None:
     assert cli.connect_error("/p", socket.timeout("timed out")).exit_code == cli.EXIT_NOT_RUNNING
 
 
-def test_no_greeting_in_time_exits_3(capsys: pytest.CaptureFixture[str], short_dir: Path) -> None:
+def test_no_greeting_in_time_exits_3(capsys: pytest.CaptureFixture[str], short_tmp: Path) -> None:
     # A listening socket nobody accepts on: the kernel completes the connect.
-    path = short_dir / "hung.sock"
+    path = short_tmp / "hung.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hung:
         hung.bind(str(path))
         hung.listen(1)
@@ -803,12 +862,14 @@ def test_no_greeting_in_time_exits_3(capsys: pytest.CaptureFixture[str], short_d
 @pytest.mark.parametrize(
     ("greeting", "respond", "what"),
     [
-        (b"hello there\n", canned, "greeting is not JSON"),
+        (b"hello there\n", canned, "greeting is not valid JSON"),
         (b"[1, 2]\n", canned, "greeting is not a JSON object"),
         ({"protocol": 2, "server": "chatsvc"}, canned, "unexpected greeting"),
         ({"protocol": 1, "server": "other"}, canned, "unexpected greeting"),
         (GREETING, lambda req: None, "closed the connection before the reply"),
-        (GREETING, lambda req: b"nope\n", "reply is not JSON"),
+        (GREETING, lambda req: b"nope\n", "reply is not valid JSON"),
+        (GREETING, lambda req: b"[" * 100_000 + b"\n", "reply is nested deeper than 32 levels"),
+        (GREETING, lambda req: {"ok": False, "protocol": 1}, "unexpected reply"),
         (GREETING, lambda req: {"protocol": 1}, "unexpected reply"),
         (GREETING, lambda req: {"ok": True, "protocol": 1}, "unexpected reply"),
         (GREETING, lambda req: ok({"wrong": []}), "unexpected result for 'rooms'"),
@@ -829,9 +890,9 @@ def test_protocol_errors_exit_5(
 
 
 def test_server_closing_before_greeting_exits_5(
-    capsys: pytest.CaptureFixture[str], short_dir: Path
+    capsys: pytest.CaptureFixture[str], short_tmp: Path
 ) -> None:
-    path = short_dir / "closer.sock"
+    path = short_tmp / "closer.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
         srv.bind(str(path))
         srv.listen(1)
@@ -873,3 +934,175 @@ def test_oversized_reply_is_refused(
             client.request("stats")
     finally:
         client.close()
+
+
+# --- operator texts are checked like users' lines, before connecting -------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expect"),
+    [
+        (
+            ["kick", "bob", "--reason", "bye\n[lobby] alice: I quit, bob was right"],
+            "kick: --reason: must be one line",
+        ),
+        (["shutdown", "--reason", "now\r\n[lobby] root: ok"], "shutdown: --reason: must be one"),
+        (["broadcast", "\x1b[2J\x1b[Hhacked"], "broadcast: TEXT: control characters"),
+        (["broadcast", "abc\u202edcba"], "broadcast: TEXT: invisible or direction-changing"),
+        (["broadcast", "x" * 401], "broadcast: TEXT: too long (401 characters, at most 400)"),
+        (["kick", "bob", "--reason", "  "], "kick: --reason: must not be empty"),
+        (["ban", "--address", "10.0.0.x", "--for", "5"], "ban: --address: must be an IP address"),
+        (["kick", "bob", "--ban-address"], "kick: --ban-address: needs a 'ban'"),
+        (["unban"], "unban: unban needs exactly one of 'name' and 'address'"),
+        (["unban", "bob", "--address", "::1"], "unban: unban needs exactly one"),
+        (["kick", "bo\x07b"], "kick: NAME: must be a name"),
+    ],
+)
+def test_bad_operator_texts_are_usage_errors_and_nothing_is_sent(
+    capsys: pytest.CaptureFixture[str],
+    fake: Callable[..., FakeAdminServer],
+    argv: list[str],
+    expect: str,
+) -> None:
+    srv = fake()
+    rc, out, err = run(capsys, "--socket", srv.path, *argv)
+    assert rc == cli.EXIT_USAGE
+    assert out == ""
+    assert err.startswith(f"chatsvc-admin: {expect}"), err
+    assert srv.connections == 0
+
+
+# --- a busy server is retried, then reported as busy (exit 6), never as "not running" -------
+
+
+def fill_listen_queue(path: str) -> list[socket.socket]:
+    """Connect without being accepted until the kernel says the queue is full (EAGAIN)."""
+    queued: list[socket.socket] = []
+    for _ in range(1000):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)
+        except BlockingIOError:
+            sock.close()
+            return queued
+        queued.append(sock)
+    raise AssertionError("the listen queue never filled")
+
+
+def test_full_connection_queue_is_busy_exit_6_not_3(
+    capsys: pytest.CaptureFixture[str], fake: Callable[..., FakeAdminServer]
+) -> None:
+    srv = fake(accepting=False, backlog=1)
+    queued = fill_listen_queue(srv.path)
+    try:
+        started = time.monotonic()
+        rc, out, err = run(capsys, "--socket", srv.path, "stats")
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in queued:
+            sock.close()
+    assert rc == cli.EXIT_BUSY, err
+    assert out == ""
+    assert "is running but its admin socket" in err and "try again" in err
+    assert cli.BUSY_RETRY - 0.6 <= elapsed < cli.BUSY_RETRY + 3  # it did retry, boundedly
+
+
+def test_full_connection_queue_is_retried_until_accepted(
+    capsys: pytest.CaptureFixture[str],
+    fake: Callable[..., FakeAdminServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    srv = fake(accepting=False, backlog=1)
+    queued = fill_listen_queue(srv.path)
+    pauses: list[float] = []
+
+    def unclog_then_wait(seconds: float) -> None:
+        if not pauses:  # the first retry: the server catches up with its queue
+            for sock in queued:
+                sock.close()
+            srv.resume()
+        pauses.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(cli, "wait_before_retry", unclog_then_wait)
+    rc, out, err = run(capsys, "--socket", srv.path, "stats")
+    assert (rc, err) == (0, "")
+    assert "clients" in out
+    assert pauses[0] == cli.BUSY_FIRST_PAUSE
+    assert srv.requests == [{"cmd": "stats"}]
+
+
+def test_busy_refusal_is_retried(
+    capsys: pytest.CaptureFixture[str], fake: Callable[..., FakeAdminServer]
+) -> None:
+    busy = failure(Code.BUSY, "every admin connection is busy")
+    srv = fake(greeting=lambda n: busy if n <= 2 else GREETING)
+    rc, out, err = run(capsys, "--socket", srv.path, "stats")
+    assert (rc, err) == (0, "")
+    assert "clients" in out
+    assert srv.connections == 3
+
+
+def test_busy_refusal_until_the_retries_end_exits_6(
+    capsys: pytest.CaptureFixture[str], fake: Callable[..., FakeAdminServer]
+) -> None:
+    srv = fake(greeting=failure(Code.BUSY, "every admin connection is busy"))
+    started = time.monotonic()
+    rc, out, err = run(capsys, "--socket", srv.path, "--timeout", "0.5", "stats")
+    assert (rc, out) == (cli.EXIT_BUSY, "")
+    assert err == (
+        "chatsvc-admin: chatsvc is running but busy: every admin connection is busy [busy] "
+        "— try again shortly\n"
+    )
+    assert srv.connections >= 2
+    assert time.monotonic() - started < 3  # --timeout bounds the retrying too
+
+
+# --- replies: an internal error, and what a kick did ---------------------------------------
+
+
+def test_internal_error_reply_exits_1_with_its_text(
+    capsys: pytest.CaptureFixture[str], fake: Callable[..., FakeAdminServer]
+) -> None:
+    text = "internal error in chatsvc while handling 'stats' (RuntimeError); see the log"
+    srv = fake(respond=lambda req: failure(Code.INTERNAL, text))
+    rc, out, err = run(capsys, "--socket", srv.path, "stats")
+    assert (rc, out) == (cli.EXIT_FAILED, "")
+    assert err == f"chatsvc-admin: stats: {text} [internal]\n"
+
+
+OFFLINE_BAN = {
+    "name": "bob",
+    "kicked": False,
+    "reason": "kicked by an operator",
+    "banned": 600,
+    "address": None,
+    "also_closed": 0,
+}
+
+
+def test_kick_ban_of_a_name_nobody_holds_exits_0_and_says_so(
+    capsys: pytest.CaptureFixture[str], fake: Callable[..., FakeAdminServer]
+) -> None:
+    srv = fake(respond=lambda req: ok(OFFLINE_BAN))
+    rc, out, err = run(capsys, "--socket", srv.path, "kick", "bob", "--ban", "600")
+    assert (rc, err) == (0, "")
+    assert out == "no user bob online; the name is banned for 10m00s\n"
+
+
+def test_kick_address_ban_for_a_name_nobody_holds_exits_1(
+    capsys: pytest.CaptureFixture[str], fake: Callable[..., FakeAdminServer]
+) -> None:
+    srv = fake(respond=lambda req: ok(OFFLINE_BAN))
+    argv = ["--socket", srv.path, "kick", "bob", "--ban", "600", "--ban-address"]
+    rc, out, err = run(capsys, *argv)
+    assert rc == cli.EXIT_FAILED
+    assert out == ""
+    assert err == (
+        "chatsvc-admin: kick: no user bob online, so the address was not banned (it is only "
+        "known while the user is connected); the name is banned for 10m00s\n"
+    )
+    rc, out, _ = run(capsys, "--json", *argv)
+    assert rc == cli.EXIT_FAILED
+    assert json.loads(out) == OFFLINE_BAN

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import grp
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatsvc import config
+from chatsvc.__main__ import main as chatsvc_main
 from chatsvc.config import Config
 from chatsvc.errors import ChatsvcError, ConfigError
 
@@ -425,6 +427,84 @@ def test_an_unreadable_file(tmp_path: Path) -> None:
     finally:
         path.chmod(0o600)
     assert str(info.value) == f"{path}: expected a readable file, found permission denied"
+
+
+def test_other_os_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / ("x" * 300 + ".toml")  # longer than a file name may be
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert str(info.value) == f"{path}: expected a readable file, found File name too long"
+    loop = tmp_path / "loop.toml"
+    loop.symlink_to(loop)
+    with pytest.raises(ConfigError, match="expected a readable file, found Too many levels"):
+        config.load(loop)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "[" * 600 + "]" * 600,
+        "{a = " * 600 + "1" + "}" * 600,
+        "[" * 100_000,
+    ],
+)
+def test_deeply_nested_toml_is_one_clear_error(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f"[server]\nport = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert str(info.value) == (
+        f"{path}: expected TOML nested a few levels deep, found arrays or tables nested too deeply"
+    )
+
+
+def test_a_nested_bad_value_is_described_briefly(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = " + "[" * 300 + "]" * 300 + "\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert str(info.value) == (
+        f"{path}: server.port: expected an integer from 0 to 65535, found [[[[...]]]]"
+    )
+    path = write(tmp_path, '[rooms]\nnames = "' + "x" * 500 + '"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert info.value.found == "'" + "x" * 76 + "..."
+    path = write(tmp_path, f"[rooms]\nnames = {list(range(20))}\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert info.value.found == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...]"
+
+
+def test_admin_group_must_exist_on_this_machine(tmp_path: Path) -> None:
+    assert config.admin_group_id(Config()) is None
+    existing = grp.getgrgid(os.getgid()).gr_name
+    cfg = config.load(write(tmp_path, f'[admin]\ngroup = "{existing}"\n'))
+    assert config.admin_group_id(cfg) == os.getgid()
+    path = write(tmp_path, '[admin]\ngroup = "no-such-group-here"\n')
+    cfg = config.load(path)  # load() does not look at the machine: chatsvc-admin needs no group
+    with pytest.raises(ConfigError) as info:
+        config.admin_group_id(cfg)
+    assert str(info.value) == (
+        f"{path}: admin.group: expected an existing group, found 'no-such-group-here'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ('[admin]\ngroup = "no-such-group-here"\n', "admin.group: expected an existing group"),
+        ("[server]\nport = " + "[" * 600 + "]" * 600 + "\n", "nested too deeply"),
+    ],
+)
+def test_check_config_exits_2_with_one_line_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expect: str
+) -> None:
+    path = write(tmp_path, text)
+    assert chatsvc_main(["--config", str(path), "--check-config"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"chatsvc: config error: {path}: ")
+    assert expect in err
+    assert err.count("\n") == 1
 
 
 def test_from_mapping_without_a_source_says_built_in() -> None:
