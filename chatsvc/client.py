@@ -18,6 +18,7 @@ session state, the terminal and every write to the socket.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import enum
 import io
@@ -88,9 +89,42 @@ exit status:
 
 
 class What(enum.Enum):
-    """What a server line means to the client."""
+    """The kind of one server line, as :func:`interpret` tells them apart.
 
-    CHAT = "chat"  # [ROOM] NAME: TEXT, [private] NAME: TEXT, [private to X] NAME: TEXT
+    An example of each, and the ``args`` it carries.  ``LINE_KINDS`` lists every
+    kind but ``OTHER`` (a line without a protocol prefix: never sent by the server).
+
+    - ``CHAT``: ``[lobby] alice: hi`` (room, name, text)
+    - ``PRIVATE``: ``[private] alice: psst`` (name, text)
+    - ``PRIVATE_SENT``: ``[private to bob] alice: psst`` (target, name, text)
+    - ``WELCOME``: ``* welcome to chatsvc 0.1.0``
+    - ``NAME_PROMPT``: ``* please enter your name``
+    - ``HELLO``: ``* hello alice, you are in lobby`` (name, room)
+    - ``JOINED``: ``* you are now in work`` (room)
+    - ``KICKED``: ``* you were kicked: spamming`` (reason)
+    - ``SHUTDOWN``: ``* server shutting down in 5 s: upgrade``
+    - ``GOODBYE``: ``* goodbye``
+    - ``ROOMS``: ``* rooms: lobby (2) [here], work (0)`` (the list)
+    - ``WHO``: ``* in lobby (2): alice, bob`` (room, names)
+    - ``USER_JOINED``: ``* bob joined lobby`` (name, room)
+    - ``USER_LEFT``: ``* bob left lobby``, ``* bob left lobby (idle)``,
+      ``* bob was kicked (spam)`` (name); why is ``Meaning.reason``, a :class:`Leave`
+    - ``NOTICE``: any other ``* `` line, such as ``* commands:``
+    - ``NAME_TAKEN``: ``! name taken: bob`` (name)
+    - ``NAME_BANNED``: ``! the name bob is banned for another 60 s`` (name)
+    - ``NAME_INVALID``: ``! invalid name: use letters, digits, ...``
+    - ``NAME_RESERVED``: ``! the name 'root' is reserved`` (name)
+    - ``NAME_TOO_LONG``: ``! name too long (at most 32 characters)``
+    - ``TOO_MANY_NAMES``: ``! too many rejected names; closing``
+    - ``SLOW_DOWN``: ``! slow down: line dropped (limit 5 lines/s, bursts of 20)``
+    - ``NO_ROOM``: ``! no such room: attic (rooms: lobby, work)`` (the list)
+    - ``ERROR``: any other ``! `` line, such as ``! no such user: carol``
+    """
+
+    CHAT = "chat"
+    PRIVATE = "private"
+    PRIVATE_SENT = "private_sent"
+    WELCOME = "welcome"
     NAME_PROMPT = "name_prompt"
     HELLO = "hello"
     JOINED = "joined"  # we moved to a room
@@ -101,33 +135,85 @@ class What(enum.Enum):
     WHO = "who"
     USER_JOINED = "user_joined"
     USER_LEFT = "user_left"
+    NOTICE = "notice"
+    NAME_TAKEN = "name_taken"
+    NAME_BANNED = "name_banned"
+    NAME_INVALID = "name_invalid"
+    NAME_RESERVED = "name_reserved"
+    NAME_TOO_LONG = "name_too_long"
+    TOO_MANY_NAMES = "too_many_names"
     SLOW_DOWN = "slow_down"
     NO_ROOM = "no_room"
     ERROR = "error"
-    NOTICE = "notice"
     OTHER = "other"
 
 
+class Leave(enum.Enum):
+    """Why someone left your room, read from a ``USER_LEFT`` line (``LEAVE_REASONS``).
+
+    A plain ``* bob left lobby`` (quit, or moved to another room) has no reason.
+    """
+
+    DISCONNECTED = "disconnected"  # * bob left lobby (disconnected)
+    CONNECTION_LOST = "connection lost"  # * bob left lobby (connection lost)
+    IDLE = "idle"  # * bob left lobby (idle)
+    FLOOD = "flood"  # * bob left lobby (flood)
+    TOO_SLOW = "too slow"  # * bob left lobby (too slow)
+    KICKED = "kicked"  # * bob was kicked (spam)
+
+
+LINE_KINDS: tuple[What, ...] = tuple(w for w in What if w is not What.OTHER)
+LEAVE_REASONS: tuple[Leave, ...] = tuple(Leave)
+CHAT_KINDS = frozenset({What.CHAT, What.PRIVATE, What.PRIVATE_SENT})
+NAME_REFUSALS = frozenset(
+    {
+        What.NAME_TAKEN,
+        What.NAME_BANNED,
+        What.NAME_INVALID,
+        What.NAME_RESERVED,
+        What.NAME_TOO_LONG,
+        What.TOO_MANY_NAMES,
+    }
+)
+ERROR_KINDS = NAME_REFUSALS | {What.SLOW_DOWN, What.NO_ROOM, What.ERROR}
+_SENDER_AT = {What.CHAT: 1, What.PRIVATE: 0, What.PRIVATE_SENT: 1}  # index in args
+
 # The prefixes are the protocol's contract; of the wording after them only the
 # notices docs/protocol.md marks *stable* are relied on for anything that matters
-# (login, room, kick, shutdown, goodbye).  The rest only feeds Tab completion and
-# pacing, where a miss costs nothing.
-_READINGS: tuple[tuple[What, re.Pattern[str]], ...] = (
-    (What.CHAT, re.compile(r"\[([^\]]+)\] ([^\s:]+): ")),
-    (What.NAME_PROMPT, re.compile(r"\* please enter your name$")),
-    (What.HELLO, re.compile(r"\* hello (\S+), you are in (\S+)$")),
-    (What.JOINED, re.compile(r"\* you are now in (\S+)$")),
-    (What.KICKED, re.compile(r"\* you were kicked: (.*)$")),
-    (What.SHUTDOWN, re.compile(r"\* server shutting down")),
-    (What.GOODBYE, re.compile(r"\* goodbye$")),
-    (What.ROOMS, re.compile(r"\* rooms: (.+)$")),
-    (What.WHO, re.compile(r"\* in (\S+) \(\d+\): (.*)$")),
-    (What.USER_JOINED, re.compile(r"\* (\S+) joined (\S+)$")),
-    (What.USER_LEFT, re.compile(r"\* (\S+) (?:left|was kicked)")),
-    (What.SLOW_DOWN, re.compile(r"! slow down")),
-    (What.NO_ROOM, re.compile(r"! no such room: .*\(rooms: (.*)\)$")),
-    (What.ERROR, re.compile(r"! ")),
-    (What.NOTICE, re.compile(r"\* ")),
+# (login, room, kick, shutdown, goodbye).  The finer kinds (name refusals, leave
+# reasons, welcome) only name lines for display and tests: any error answering a
+# name is a refusal, whatever its words.  First match wins.
+_READINGS: tuple[tuple[What, re.Pattern[str], Optional[Leave]], ...] = (
+    (What.PRIVATE_SENT, re.compile(r"\[private to ([^\]]+)\] ([^\s:]+): (.*)", re.S), None),
+    (What.PRIVATE, re.compile(r"\[private\] ([^\s:]+): (.*)", re.S), None),
+    (What.CHAT, re.compile(r"\[([^\]]+)\] ([^\s:]+): (.*)", re.S), None),
+    (What.WELCOME, re.compile(r"\* welcome to "), None),
+    (What.NAME_PROMPT, re.compile(r"\* please enter your name$"), None),
+    (What.HELLO, re.compile(r"\* hello (\S+), you are in (\S+)$"), None),
+    (What.JOINED, re.compile(r"\* you are now in (\S+)$"), None),
+    (What.KICKED, re.compile(r"\* you were kicked: (.*)$"), None),
+    (What.SHUTDOWN, re.compile(r"\* server shutting down"), None),
+    (What.GOODBYE, re.compile(r"\* goodbye$"), None),
+    (What.ROOMS, re.compile(r"\* rooms: (.+)$"), None),
+    (What.WHO, re.compile(r"\* in (\S+) \(\d+\): (.*)$"), None),
+    (What.USER_JOINED, re.compile(r"\* (\S+) joined (\S+)$"), None),
+    *(
+        (What.USER_LEFT, re.compile(rf"\* (\S+) left \S+ \({re.escape(why.value)}\)$"), why)
+        for why in Leave
+        if why is not Leave.KICKED
+    ),
+    (What.USER_LEFT, re.compile(r"\* (\S+) was kicked \("), Leave.KICKED),
+    (What.USER_LEFT, re.compile(r"\* (\S+) (?:left|was kicked)"), None),
+    (What.NOTICE, re.compile(r"\* "), None),
+    (What.NAME_TAKEN, re.compile(r"! name taken: (.+)$"), None),
+    (What.NAME_BANNED, re.compile(r"! the name (\S+) is banned\b"), None),
+    (What.NAME_INVALID, re.compile(r"! (?:invalid name|a name is required)\b"), None),
+    (What.NAME_RESERVED, re.compile(r"! the name '?(.+?)'? is reserved$"), None),
+    (What.NAME_TOO_LONG, re.compile(r"! name too long\b"), None),
+    (What.TOO_MANY_NAMES, re.compile(r"! too many rejected names\b"), None),
+    (What.SLOW_DOWN, re.compile(r"! slow down"), None),
+    (What.NO_ROOM, re.compile(r"! no such room: .*\(rooms: (.*)\)$"), None),
+    (What.ERROR, re.compile(r"! "), None),
 )
 _RATE_RE = re.compile(r"(\d+(?:\.\d+)?) lines/s")
 _CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
@@ -135,17 +221,40 @@ _CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 @dataclass(frozen=True)
 class Meaning:
+    """What :func:`interpret` makes of one server line.
+
+    ``what`` is its kind, ``args`` the fields it carries (see :class:`What`),
+    ``text`` the line itself (decoded, without its line end) and ``reason`` why
+    someone left, for ``USER_LEFT`` lines that say.
+    """
+
     what: What
     args: tuple[str, ...] = ()
     text: str = ""
+    reason: Optional[Leave] = None
+
+    @property
+    def sender(self) -> str:
+        """Who wrote a chat or private line; "" for other lines."""
+        at = _SENDER_AT.get(self.what)
+        return "" if at is None else self.args[at]
 
 
-def interpret(text: str) -> Meaning:
-    """What one server line (decoded, without its newline) means."""
-    for what, pattern in _READINGS:
+def interpret(line: Union[str, bytes]) -> Meaning:
+    """What one server line means: its kind (a :class:`What`) and its fields.
+
+    Takes the line as received (bytes, decoded as UTF-8 with replacement) or as
+    text, with or without its line end.  Pure: no state, no I/O.
+    """
+    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+    if text.endswith("\n"):
+        text = text[:-1]
+        if text.endswith("\r"):
+            text = text[:-1]
+    for what, pattern, reason in _READINGS:
         m = pattern.match(text)
         if m:
-            return Meaning(what, tuple(g or "" for g in m.groups()), text)
+            return Meaning(what, tuple(g or "" for g in m.groups()), text, reason)
     return Meaning(What.OTHER, (), text)
 
 
@@ -165,16 +274,12 @@ class Kind(enum.Enum):
     OTHER = "other"
 
 
-_ERRORS = frozenset({What.ERROR, What.SLOW_DOWN, What.NO_ROOM})
-
-
 def kind_of(meaning: Meaning, me: str) -> Kind:
-    if meaning.what is What.CHAT:
-        where, who = meaning.args
-        if me and who.casefold() == me.casefold():
+    if meaning.what in CHAT_KINDS:
+        if me and meaning.sender.casefold() == me.casefold():
             return Kind.OWN
-        return Kind.PRIVATE if where.startswith("private") else Kind.CHAT
-    if meaning.what in _ERRORS:
+        return Kind.CHAT if meaning.what is What.CHAT else Kind.PRIVATE
+    if meaning.what in ERROR_KINDS:
         return Kind.ERROR
     return Kind.OTHER if meaning.what is What.OTHER else Kind.NOTICE
 
@@ -228,7 +333,7 @@ class ChatState:
     def apply(self, text: str) -> Meaning:
         meaning = interpret(text)
         what, args = meaning.what, meaning.args
-        self.final_error = text[2:] if meaning.what in _ERRORS else None
+        self.final_error = text[2:] if meaning.what in ERROR_KINDS else None
         if what is What.NAME_PROMPT:
             self.name_prompted = True
         elif what is What.HELLO:
@@ -243,8 +348,8 @@ class ChatState:
             self.names.update(split_list(args[1]))
         elif what is What.USER_JOINED:
             self.names.add(args[0])
-        elif what is What.CHAT:
-            self.names.add(args[1])
+        elif what in CHAT_KINDS:
+            self.names.add(meaning.sender)
         elif what is What.KICKED:
             self.kicked = args[0]
         elif what is What.SHUTDOWN:
@@ -601,6 +706,15 @@ def worker(target: Callable[..., None], *args: Any, name: str) -> threading.Thre
     return threading.Thread(target=run, name=name, daemon=True)
 
 
+def complain(text: str) -> None:
+    """One line on stderr, ``chatsvc-client: ...``."""
+    try:
+        sys.stderr.write(f"{PROG}: {text}\n")
+        sys.stderr.flush()
+    except OSError:
+        pass
+
+
 def describe(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
 
@@ -699,8 +813,30 @@ def read_input(fd: int, inbox: Inbox, slots: threading.Semaphore) -> None:
 # --- the runners ---------------------------------------------------------------------
 
 
-class Runner:
-    """What both modes share: the connection, the state, closing and reconnecting."""
+class Phase(enum.Enum):
+    """Where a runner is in its session; both modes go through the same phases."""
+
+    GREETING = "greeting"  # connected; the server has not asked for a name yet
+    NAMING = "naming"  # asked, and we have no name to send yet
+    NAME_SENT = "name_sent"  # waiting for hello or a refusal
+    CHAT = "chat"  # logged in
+    CLOSING = "closing"  # we said bye; waiting for the server to close
+    RECONNECTING = "reconnecting"  # the connection is gone; the reconnector is trying
+
+
+class Runner(abc.ABC):
+    """What both modes share: the connection, the session state and phase, the one
+    dispatch of events and server lines, logging in (again, after a reconnect) and
+    leaving.
+
+    A mode is a subclass that supplies its input and output: how a server line is
+    shown (``show_line``) and the client's own notes (``note``), what happens when
+    the server asks for a name nobody gave (``ask_name``), refuses one
+    (``name_refused``) or lets us in (``logged_in``), and what a line answers
+    (``on_reply``).
+    """
+
+    needs_goodbye = False  # after our bye, is only the server's goodbye a clean exit?
 
     def __init__(self, args: argparse.Namespace, inbox: Inbox) -> None:
         self.args = args
@@ -709,6 +845,10 @@ class Runner:
         self.state = ChatState()
         self.conn: Optional[Connection] = None
         self.gen = 0
+        self.phase = Phase.GREETING
+        self.name: Optional[str] = (args.name or "").strip() or None  # blank: not given
+        self.want_room: Optional[str] = args.room  # joined after the next hello
+        self.close_by = 0.0
         self.result: Optional[Outcome] = None
         self.lost: Optional[Outcome] = None  # why we are reconnecting
         self.relogin = False  # logging in again after a reconnect
@@ -733,6 +873,7 @@ class Runner:
         self.gen += 1
         self.conn = Connection(sock, self.inbox, self.gen)
         self.state.new_connection()
+        self.enter(Phase.GREETING)
         self.conn.start()
 
     def detach(self) -> None:
@@ -745,11 +886,124 @@ class Runner:
         if self.conn is not None:
             self.conn.send(line)
 
+    def enter(self, phase: Phase) -> None:
+        self.phase = phase
+
     def finish(self, outcome: Outcome) -> None:
         if self.result is None:
             self.result = outcome
         self.reconnector.stop()
         self.detach()
+
+    def report(self) -> int:
+        outcome = self.result or Outcome(ExitCode.OK)
+        if outcome.message:
+            complain(outcome.message)
+        return int(outcome.code)
+
+    # --- the one dispatch: events, and what a server line makes us do ---------------
+
+    def handle(self, ev: Event) -> None:
+        if isinstance(ev, (ServerLine, ServerClosed)) and ev.gen != self.gen:
+            return  # from a connection we already gave up
+        if isinstance(ev, ServerLine):
+            self.on_server_line(ev.raw)
+        elif isinstance(ev, ServerClosed):
+            self.on_closed(ev.error)
+        elif isinstance(ev, Reconnected):
+            self.attach(ev.sock)
+            self.on_reconnected()
+        elif isinstance(ev, ReconnectFailed):
+            self.on_reconnect_failed(ev)
+        elif isinstance(ev, InputLine):
+            self.on_input_line(ev.raw)
+        else:
+            self.on_input_end()
+
+    def on_server_line(self, raw: bytes) -> None:
+        meaning = self.state.apply(raw.decode("utf-8", "replace"))
+        kind = kind_of(meaning, self.state.me)
+        self.show_line(raw, meaning, kind)
+        self.react(meaning, kind)
+
+    def react(self, meaning: Meaning, kind: Kind) -> None:
+        """What a server line makes the client do, in either mode.
+
+        The name prompt is answered and hello starts the chat; in between, any
+        error refuses the name we sent.  After hello a line may answer what we
+        sent (``on_reply``).  A kick, a shutdown notice, goodbye or an error just
+        before the close (idle, flood, server full...) are recorded by
+        ``ChatState.apply`` and decide, once the server closes the connection,
+        how we exit or whether we reconnect (``on_closed``).
+        """
+        if meaning.what is What.NAME_PROMPT:
+            self.on_name_prompt()
+        elif meaning.what is What.HELLO:
+            self.on_hello()
+        elif self.phase is Phase.NAME_SENT and kind is Kind.ERROR:
+            self.on_name_refused(meaning.text[2:])
+        elif self.phase in (Phase.CHAT, Phase.CLOSING):
+            self.on_reply(meaning, kind)
+
+    # --- logging in: the first time, and again after a reconnect --------------------
+
+    def on_name_prompt(self) -> None:
+        if self.relogin and self.state.me:
+            self.name = self.state.me  # log in again as who we were
+        if self.name:
+            self.send_name(self.name)
+        else:
+            self.enter(Phase.NAMING)
+            self.ask_name()
+
+    def send_name(self, name: str) -> None:
+        self.send(name.encode("utf-8", "surrogateescape"))
+        self.enter(Phase.NAME_SENT)
+
+    def on_name_refused(self, why: str) -> None:
+        if self.relogin:  # our old session may linger a moment: try again later
+            self.enter(Phase.RECONNECTING)
+            self.lose(Outcome(ExitCode.REFUSED, f"login failed: {why}", True))
+        else:
+            self.name = None
+            self.name_refused(why)
+
+    def on_hello(self) -> None:
+        self.enter(Phase.CHAT)
+        self.reconnector.attempts = 0
+        back, self.lost = self.lost is not None, None
+        want = self.want_room
+        self.logged_in(back, want if want and want != self.state.room else None)
+
+    # --- leaving and losing the connection ------------------------------------------
+
+    def say_bye(self, line: bytes = b"bye") -> None:
+        self.send(line)
+        self.enter(Phase.CLOSING)
+        self.close_by = time.monotonic() + CLOSE_TIMEOUT
+
+    def timeout(self, now: float) -> Optional[float]:
+        return max(0.0, self.close_by - now) if self.phase is Phase.CLOSING else None
+
+    def check_close_timeout(self, now: float) -> None:
+        if self.phase is not Phase.CLOSING or now < self.close_by:
+            return
+        if self.state.goodbye or not self.needs_goodbye:
+            self.finish(Outcome(ExitCode.OK))
+        else:
+            self.finish(Outcome(ExitCode.CONNECTION_LOST, "no goodbye from the server"))
+
+    def on_closed(self, error: Optional[str]) -> None:
+        outcome = self.state.outcome(error, self.address)
+        if self.phase is Phase.CLOSING:  # we said bye: nothing to reconnect for
+            self.finish(outcome if self.needs_goodbye else Outcome(ExitCode.OK))
+            return
+        if outcome.retry and self.args.reconnect:
+            self.note(f"{outcome.message}; reconnecting")
+            if self.state.logged_in:
+                self.want_room = self.state.room
+            self.enter(Phase.RECONNECTING)
+        self.lose(outcome)
 
     def lose(self, outcome: Outcome) -> None:
         """The connection ended unasked: reconnect if wanted and sensible, else finish."""
@@ -760,6 +1014,10 @@ class Runner:
         self.lost = self.lost or outcome
         self.relogin = True
         self.reconnector.start()
+
+    @abc.abstractmethod
+    def on_reconnected(self) -> None:
+        """A new connection is up; the server's name prompt takes it from here."""
 
     def on_reconnect_failed(self, ev: ReconnectFailed) -> None:
         if ev.next_delay is None:
@@ -772,19 +1030,45 @@ class Runner:
                 )
             )
 
-    def report(self) -> int:
-        outcome = self.result or Outcome(ExitCode.OK)
-        if outcome.message:
-            try:
-                sys.stderr.write(f"{PROG}: {outcome.message}\n")
-                sys.stderr.flush()
-            except OSError:
-                pass
-        return int(outcome.code)
+    # --- what a mode supplies -------------------------------------------------------
+
+    @abc.abstractmethod
+    def show_line(self, raw: bytes, meaning: Meaning, kind: Kind) -> None:
+        """Show or copy one server line, before the client acts on it."""
+
+    @abc.abstractmethod
+    def note(self, text: str) -> None:
+        """A notice of the client's own (not from the server)."""
+
+    @abc.abstractmethod
+    def ask_name(self) -> None:
+        """The server wants a name and we have none: the next input line is it."""
+
+    @abc.abstractmethod
+    def name_refused(self, why: str) -> None:
+        """The server refused the name we gave (not after a reconnect)."""
+
+    @abc.abstractmethod
+    def logged_in(self, back: bool, join: Optional[str]) -> None:
+        """After hello; ``back``: after a reconnect, ``join``: the room to go to."""
+
+    @abc.abstractmethod
+    def on_reply(self, meaning: Meaning, kind: Kind) -> None:
+        """A server line after hello: it may answer a line we sent."""
+
+    @abc.abstractmethod
+    def on_input_line(self, raw: bytes) -> None:
+        """A line from stdin's reader thread."""
+
+    @abc.abstractmethod
+    def on_input_end(self) -> None:
+        """stdin ended."""
 
 
 class ScriptedRunner(Runner):
     """stdin is not a terminal: send each line, copy server lines to stdout as they are."""
+
+    needs_goodbye = True  # only the server's goodbye says that every line arrived
 
     def __init__(
         self, args: argparse.Namespace, inbox: Inbox, stdin_fd: int, stdout: BinaryIO
@@ -794,12 +1078,8 @@ class ScriptedRunner(Runner):
         self.outbox = Outbox()
         self.slots = threading.Semaphore(INPUT_WINDOW)
         self.owed = 0  # slots held by lines sitting in the outbox
-        self.name: Optional[bytes] = args.name.encode() if args.name is not None else None
-        self.want_room: Optional[str] = args.room
         self.join_line: Optional[bytes] = None
-        self.phase = "greeting"  # naming, name_sent, chat, closing, reconnecting
         self.input_done = False
-        self.close_by = 0.0
 
     def run(self) -> int:
         try:
@@ -807,7 +1087,7 @@ class ScriptedRunner(Runner):
                 worker(read_input, self.stdin_fd, self.inbox, self.slots, name="stdin").start()
                 self.loop()
         except KeyboardInterrupt:
-            if self.phase == "chat":
+            if self.phase is Phase.CHAT:
                 self.send(b"bye")
             self.finish(Outcome(ExitCode.INTERRUPTED, "interrupted"))
         return self.report()
@@ -822,126 +1102,88 @@ class ScriptedRunner(Runner):
                 self.step(time.monotonic())
 
     def timeout(self, now: float) -> Optional[float]:
-        if self.phase == "closing":
-            return max(0.0, self.close_by - now)
-        wake = self.outbox.wake_at() if self.phase == "chat" else None
-        return None if wake is None else max(0.0, wake - now)
-
-    def handle(self, ev: Event) -> None:
-        if isinstance(ev, ServerLine):
-            if ev.gen == self.gen:
-                self.on_server_line(ev.raw)
-        elif isinstance(ev, ServerClosed):
-            if ev.gen == self.gen:
-                self.on_closed(ev.error)
-        elif isinstance(ev, InputLine):
-            self.on_input(ev.raw)
-        elif isinstance(ev, InputEnd):
-            self.input_done = True
-        elif isinstance(ev, Reconnected):
-            self.attach(ev.sock)
-            self.phase = "greeting"
-        else:
-            self.note(f"reconnect attempt {ev.attempt} failed ({ev.error})")
-            self.on_reconnect_failed(ev)
+        wake = self.outbox.wake_at() if self.phase is Phase.CHAT else None
+        return super().timeout(now) if wake is None else max(0.0, wake - now)
 
     def note(self, text: str) -> None:
-        try:
-            sys.stderr.write(f"{PROG}: {text}\n")
-            sys.stderr.flush()
-        except OSError:
-            pass
+        complain(text)
 
-    def on_input(self, raw: bytes) -> None:
+    def show_line(self, raw: bytes, meaning: Meaning, kind: Kind) -> None:
+        try:
+            self.stdout.write(raw + b"\n")
+            self.stdout.flush()
+        except (OSError, ValueError):
+            pass  # nobody reads our output any more; keep delivering the input
+
+    def on_input_line(self, raw: bytes) -> None:
         if not raw.strip():  # the server ignores blank lines and would not answer
             self.slots.release()
         elif self.name is None:
-            self.name = raw.strip()
+            self.name = raw.strip().decode("utf-8", "surrogateescape")
             self.slots.release()
+            if self.phase is Phase.NAMING:
+                self.send_name(self.name)
         else:
             self.outbox.lines.append(raw)
             self.owed += 1
             self.release_slots()
+
+    def on_input_end(self) -> None:
+        self.input_done = True
 
     def release_slots(self) -> None:
         while self.owed and len(self.outbox.lines) < INPUT_WINDOW:
             self.owed -= 1
             self.slots.release()
 
-    def on_server_line(self, raw: bytes) -> None:
-        try:
-            self.stdout.write(raw + b"\n")
-            self.stdout.flush()
-        except (OSError, ValueError):
-            pass  # nobody reads our output any more; keep delivering the input
-        meaning = self.state.apply(raw.decode("utf-8", "replace"))
-        kind = kind_of(meaning, self.state.me)
-        if meaning.what is What.NAME_PROMPT:
-            self.phase = "naming"
-            if self.relogin:
-                self.name = self.state.me.encode()
-        elif meaning.what is What.HELLO:
-            self.on_hello()
-        elif self.phase == "name_sent" and kind is Kind.ERROR:
-            if self.relogin:  # our old session may linger a moment: try again later
-                self.lose(Outcome(ExitCode.REFUSED, f"login failed: {meaning.text[2:]}", True))
-            else:
-                self.finish(Outcome(ExitCode.REFUSED, f"name rejected: {meaning.text[2:]}"))
-        elif self.phase in ("chat", "closing"):
-            answered = self.outbox.on_reply(meaning, kind, time.monotonic())
-            if answered is not None and answered == self.join_line:
-                self.join_line = None
-                if self.state.room != self.want_room:
-                    why = self.state.final_error or "no answer"
-                    self.finish(Outcome(ExitCode.REFUSED, f"cannot join {self.want_room}: {why}"))
+    def ask_name(self) -> None:
+        pass  # the first input line is the name (on_input_line sends it)
 
-    def on_hello(self) -> None:
-        self.phase = "chat"
-        self.reconnector.attempts = 0
-        if self.lost is not None:
+    def name_refused(self, why: str) -> None:
+        self.finish(Outcome(ExitCode.REFUSED, f"name rejected: {why}"))
+
+    def logged_in(self, back: bool, join: Optional[str]) -> None:
+        if back:
             self.note(f"reconnected to {self.address}")
-            self.lost = None
-        if self.want_room and self.want_room != self.state.room:
-            self.join_line = f"/join {self.want_room}".encode()
+        if join:
+            self.join_line = f"/join {join}".encode()
             self.outbox.lines.appendleft(self.join_line)
 
+    def on_reply(self, meaning: Meaning, kind: Kind) -> None:
+        answered = self.outbox.on_reply(meaning, kind, time.monotonic())
+        if answered is not None and answered == self.join_line:
+            self.join_line = None
+            if self.state.room != self.want_room:
+                why = self.state.final_error or "no answer"
+                self.finish(Outcome(ExitCode.REFUSED, f"cannot join {self.want_room}: {why}"))
+
     def on_closed(self, error: Optional[str]) -> None:
-        outcome = self.state.outcome(error, self.address)
-        if self.phase == "closing":  # everything was sent: nothing to reconnect for
-            self.finish(outcome)
-            return
-        if outcome.retry and self.args.reconnect:
-            self.note(f"{outcome.message}; reconnecting")
+        if self.phase is not Phase.CLOSING:  # the line in flight may be lost: again
             if self.outbox.in_flight is not None and self.outbox.in_flight == self.join_line:
                 self.outbox.in_flight = None  # joined again after the next hello
             self.outbox.requeue()
-            if self.state.logged_in:
-                self.want_room = self.state.room
-            self.phase = "reconnecting"
-        self.lose(outcome)
+        super().on_closed(error)
+
+    def on_reconnected(self) -> None:
+        pass  # said once logged in again (logged_in)
+
+    def on_reconnect_failed(self, ev: ReconnectFailed) -> None:
+        self.note(f"reconnect attempt {ev.attempt} failed ({ev.error})")
+        super().on_reconnect_failed(ev)
 
     def step(self, now: float) -> None:
-        if self.phase == "naming" and self.name is not None:
-            assert self.conn is not None
-            self.conn.send(self.name)
-            self.phase = "name_sent"
-        elif self.phase == "naming" and self.input_done:
+        if self.phase is Phase.NAMING and self.input_done:
             self.finish(Outcome(ExitCode.OK))  # no input at all, not even a name
-        elif self.phase == "chat":
+        elif self.phase is Phase.CHAT:
             self.outbox.check(now)
             line = self.outbox.take(now)
             if line is not None:
                 self.send(line)
                 self.release_slots()
             elif self.input_done and self.outbox.idle:
-                self.send(b"bye")
-                self.phase = "closing"
-                self.close_by = now + CLOSE_TIMEOUT
-        elif self.phase == "closing" and now >= self.close_by:
-            if self.state.goodbye:
-                self.finish(Outcome(ExitCode.OK))
-            else:
-                self.finish(Outcome(ExitCode.CONNECTION_LOST, "no goodbye from the server"))
+                self.say_bye()
+        else:
+            self.check_close_timeout(now)
 
 
 class Key(enum.Enum):
@@ -981,14 +1223,10 @@ class InteractiveRunner(Runner):
         super().__init__(args, inbox)
         self.console = console
         self.colour = colour
-        self.phase = "greeting"  # naming, name_sent, chat, closing, reconnecting
-        self.name: Optional[str] = args.name
-        self.want_room: Optional[str] = args.room
         self.held: list[str] = []  # typed before login finished
         self.quiet_rooms = 0  # /rooms replies to swallow (sent to learn room names)
         self.prompt: Optional[str] = ""
         self.display: list[str] = []
-        self.close_by = 0.0
 
     def run(self) -> int:
         if not self.open():
@@ -1006,168 +1244,128 @@ class InteractiveRunner(Runner):
                 for ev in self.inbox.drain():
                     if self.result is None:
                         self.handle(ev)
-                if self.phase == "closing" and time.monotonic() >= self.close_by:
-                    self.finish(Outcome(ExitCode.OK))
+                self.check_close_timeout(time.monotonic())
                 self.console.update(self.display, None if self.result else self.prompt)
                 self.display = []
         finally:
             self.console.stop()
         return self.report()
 
-    def timeout(self, now: float) -> Optional[float]:
-        return max(0.0, self.close_by - now) if self.phase == "closing" else None
+    def enter(self, phase: Phase) -> None:
+        super().enter(phase)
+        # Greeting and reconnecting keep the prompt there was.
+        prompts = {
+            Phase.NAMING: NAME_PROMPT,
+            Phase.NAME_SENT: "",
+            Phase.CHAT: self.state.prompt,
+            Phase.CLOSING: None,
+        }
+        if phase in prompts:
+            self.prompt = prompts[phase]
 
     def complete(self, before: str, word: str) -> list[str]:
-        if self.phase != "chat":
+        if self.phase is not Phase.CHAT:
             return []
         return complete(before, word, self.state.rooms, self.state.names - {self.state.me})
 
     def show(self, text: str, kind: Kind) -> None:
         self.display.append(colourize(sanitize(text), kind, self.colour))
 
+    def note(self, text: str) -> None:
+        self.show(f"* {text}", Kind.NOTICE)
+
+    def show_line(self, raw: bytes, meaning: Meaning, kind: Kind) -> None:
+        if meaning.what is What.NAME_PROMPT:
+            return  # our own prompt asks instead
+        if meaning.what is What.ROOMS and self.quiet_rooms:
+            self.quiet_rooms -= 1
+            return
+        self.show(meaning.text, kind)
+
     # --- input ---------------------------------------------------------------------
+
+    def on_input_line(self, raw: bytes) -> None:  # from the plain console's stdin thread
+        self.on_input(raw.decode(sys.stdin.encoding or "utf-8", "replace"))
+
+    def on_input_end(self) -> None:
+        self.on_input(Key.EOF)
 
     def on_input(self, item: UserInput) -> None:
         if isinstance(item, Key):
             self.leave()
             return
-        self.console.accepted(item, echoed=self.phase == "chat" and not is_command(item))
-        if self.phase in ("greeting", "name_sent"):
+        self.console.accepted(item, echoed=self.phase is Phase.CHAT and not is_command(item))
+        if self.phase in (Phase.GREETING, Phase.NAME_SENT):
             self.held.append(item)
-        elif self.phase == "naming":
-            self.send_name(item)
-        elif self.phase == "reconnecting":
+        elif self.phase is Phase.NAMING:
+            self.offer_name(item)
+        elif self.phase is Phase.RECONNECTING:
             self.show("! not connected (reconnecting); the line was not sent", Kind.ERROR)
-        elif self.phase == "chat":
+        elif self.phase is Phase.CHAT:
             self.say(item)
 
     def say(self, line: str) -> None:
         if not line.strip():
             return
         if is_quit(line):
-            self.send(line.encode())
-            self.closing()
+            self.say_bye(line.encode())
             return
         if line.strip().lower() == "/help":
             for text in CLIENT_HELP:
                 self.show(f"* {text}", Kind.NOTICE)
         self.send(line.encode())
 
-    def send_name(self, line: str) -> None:
+    def offer_name(self, line: str) -> None:
         name = line.strip()
-        if not name:
-            return
-        self.send(name.encode())
-        self.phase = "name_sent"
-        self.prompt = ""
+        if name:
+            self.send_name(name)
 
     def leave(self) -> None:
         """Ctrl-D or Ctrl-C: say bye when logged in, otherwise just go."""
-        if self.phase == "chat":
-            self.send(b"bye")
-            self.closing()
+        if self.phase is Phase.CHAT:
+            self.say_bye()
         else:
             self.finish(Outcome(ExitCode.OK))
-
-    def closing(self) -> None:
-        self.phase = "closing"
-        self.prompt = None
-        self.close_by = time.monotonic() + CLOSE_TIMEOUT
-
-    # --- events --------------------------------------------------------------------
-
-    def handle(self, ev: Event) -> None:
-        if isinstance(ev, ServerLine):
-            if ev.gen == self.gen:
-                self.on_server_line(ev.raw.decode("utf-8", "replace"))
-        elif isinstance(ev, ServerClosed):
-            if ev.gen == self.gen:
-                self.on_closed(ev.error)
-        elif isinstance(ev, Reconnected):
-            self.attach(ev.sock)
-            self.phase = "greeting"
-            self.show(f"* reconnected to {self.address}", Kind.NOTICE)
-        elif isinstance(ev, ReconnectFailed):
-            if ev.next_delay is not None:
-                self.show(
-                    f"* reconnect attempt {ev.attempt} failed ({ev.error}); "
-                    f"next in {ev.next_delay:g} s",
-                    Kind.NOTICE,
-                )
-            self.on_reconnect_failed(ev)
-        # InputLine and InputEnd come from the plain console's stdin thread
-        elif isinstance(ev, InputLine):
-            self.on_input(ev.raw.decode(sys.stdin.encoding or "utf-8", "replace"))
-        else:
-            self.on_input(Key.EOF)
-
-    def on_server_line(self, text: str) -> None:
-        meaning = self.state.apply(text)
-        kind = kind_of(meaning, self.state.me)
-        what = meaning.what
-        if what is What.NAME_PROMPT:
-            self.on_name_prompt()  # our own prompt asks instead
-            return
-        if what is What.ROOMS and self.quiet_rooms:
-            self.quiet_rooms -= 1
-            return
-        self.show(text, kind)
-        if what is What.HELLO:
-            self.on_hello()
-        elif what is What.JOINED and self.phase == "chat":
-            self.prompt = self.state.prompt
-        elif self.phase == "name_sent" and kind is Kind.ERROR:
-            if self.relogin:  # our old session may linger a moment: try again later
-                self.phase = "reconnecting"
-                self.lose(Outcome(ExitCode.REFUSED, f"login failed: {meaning.text[2:]}", True))
-            else:
-                self.name = None
-                self.phase = "naming"
-                self.prompt = NAME_PROMPT
-                self.replay()
-
-    def on_name_prompt(self) -> None:
-        if self.relogin:
-            self.name = self.state.me
-        if self.name:
-            self.send_name(self.name)
-        else:
-            self.phase = "naming"
-            self.prompt = NAME_PROMPT
-            self.replay()
-
-    def on_hello(self) -> None:
-        self.phase = "chat"
-        self.prompt = self.state.prompt
-        self.reconnector.attempts = 0
-        self.lost = None
-        self.send(b"/rooms")  # quietly, for Tab completion of room names
-        self.quiet_rooms += 1
-        if self.want_room and self.want_room != self.state.room:
-            self.send(f"/join {self.want_room}".encode())
-        self.want_room = None
-        self.replay()
 
     def replay(self) -> None:
         held, self.held = self.held, []
         for line in held:
-            if self.phase == "naming":
-                self.send_name(line)
-            elif self.phase == "chat":
+            if self.phase is Phase.NAMING:
+                self.offer_name(line)
+            elif self.phase is Phase.CHAT:
                 self.say(line)
             else:
                 self.held.append(line)
 
-    def on_closed(self, error: Optional[str]) -> None:
-        if self.phase == "closing":
-            self.finish(Outcome(ExitCode.OK))
-            return
-        outcome = self.state.outcome(error, self.address)
-        if outcome.retry and self.args.reconnect:
-            self.show(f"* {outcome.message}; reconnecting", Kind.NOTICE)
-            self.want_room = self.state.room if self.state.logged_in else self.want_room
-            self.phase = "reconnecting"
-        self.lose(outcome)
+    # --- what the shared dispatch asks of us ---------------------------------------
+
+    def ask_name(self) -> None:
+        self.replay()  # a line typed early is the name
+
+    def name_refused(self, why: str) -> None:
+        self.enter(Phase.NAMING)  # the server showed why; ask again
+        self.ask_name()
+
+    def logged_in(self, back: bool, join: Optional[str]) -> None:
+        self.send(b"/rooms")  # quietly, for Tab completion of room names
+        self.quiet_rooms += 1
+        if join:
+            self.send(f"/join {join}".encode())
+        self.replay()
+
+    def on_reply(self, meaning: Meaning, kind: Kind) -> None:
+        if meaning.what is What.JOINED and self.phase is Phase.CHAT:
+            self.prompt = self.state.prompt
+
+    def on_reconnected(self) -> None:
+        self.note(f"reconnected to {self.address}")
+
+    def on_reconnect_failed(self, ev: ReconnectFailed) -> None:
+        if ev.next_delay is not None:
+            self.note(
+                f"reconnect attempt {ev.attempt} failed ({ev.error}); next in {ev.next_delay:g} s"
+            )
+        super().on_reconnect_failed(ev)
 
 
 # --- terminals -------------------------------------------------------------------------

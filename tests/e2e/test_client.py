@@ -513,6 +513,30 @@ def test_scripted_mode_kicked_exits_4_even_with_input_still_open(server: ServerH
                 stream.close()
 
 
+def test_every_line_of_a_real_session_is_read_as_a_known_kind(server: ServerHandle) -> None:
+    from chatsvc.client import What, interpret
+
+    script = "/help\n/rooms\n/who\n/msg ci psst\n/join attic\n/bogus\nhello\n"
+    result = run_client("--port", str(server.port), "--name", "ci", stdin=script)
+    assert result.returncode == 0, result.stderr
+    kinds = [interpret(line).what for line in result.stdout.splitlines()]
+    assert What.OTHER not in kinds
+    assert {
+        What.WELCOME,
+        What.NAME_PROMPT,
+        What.HELLO,
+        What.NOTICE,
+        What.ROOMS,
+        What.WHO,
+        What.PRIVATE,
+        What.PRIVATE_SENT,
+        What.NO_ROOM,
+        What.ERROR,
+        What.CHAT,
+        What.GOODBYE,
+    } <= set(kinds)
+
+
 # --- one file, standard library only -------------------------------------------------
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import pytest
 from hypothesis import given
@@ -16,6 +19,7 @@ from chatsvc.client import (
     ExitCode,
     Kind,
     Outbox,
+    Phase,
     What,
     colour_wanted,
     colourize,
@@ -93,6 +97,95 @@ def test_interpret(line: str, what: What, args: tuple[str, ...]) -> None:
 def test_interpret_accepts_anything(line: str) -> None:
     kind_of(interpret(line), "alice")
     ChatState().apply(line)
+
+
+# One line of every kind, as the server writes it.
+EXAMPLES: list[tuple[str, What, tuple[str, ...]]] = [
+    ("[lobby] alice: hi: there", What.CHAT, ("lobby", "alice", "hi: there")),
+    ("[private] alice: psst", What.PRIVATE, ("alice", "psst")),
+    ("[private to bob] alice: psst", What.PRIVATE_SENT, ("bob", "alice", "psst")),
+    ("* welcome to chatsvc 0.1.0", What.WELCOME, ()),
+    ("* please enter your name", What.NAME_PROMPT, ()),
+    ("* hello alice, you are in lobby", What.HELLO, ("alice", "lobby")),
+    ("* you are now in work", What.JOINED, ("work",)),
+    ("* you were kicked: spamming", What.KICKED, ("spamming",)),
+    ("* server shutting down", What.SHUTDOWN, ()),
+    ("* goodbye", What.GOODBYE, ()),
+    ("* rooms: lobby (2) [here], work (0)", What.ROOMS, ("lobby (2) [here], work (0)",)),
+    ("* in lobby (2): alice, bob", What.WHO, ("lobby", "alice, bob")),
+    ("* bob joined lobby", What.USER_JOINED, ("bob", "lobby")),
+    ("* bob left lobby", What.USER_LEFT, ("bob",)),
+    ("* commands:", What.NOTICE, ()),
+    ("! name taken: bob", What.NAME_TAKEN, ("bob",)),
+    ("! the name bob is banned for another 60 s", What.NAME_BANNED, ("bob",)),
+    ("! invalid name: use letters, digits, '_', '-' and '.' only", What.NAME_INVALID, ()),
+    ("! the name 'root' is reserved", What.NAME_RESERVED, ("root",)),
+    ("! name too long (at most 32 characters)", What.NAME_TOO_LONG, ()),
+    ("! too many rejected names; closing", What.TOO_MANY_NAMES, ()),
+    ("! slow down: line dropped (limit 5 lines/s, bursts of 20)", What.SLOW_DOWN, ()),
+    ("! no such room: attic (rooms: lobby, work)", What.NO_ROOM, ("lobby, work",)),
+    ("! no such user: carol", What.ERROR, ()),
+]
+
+
+@pytest.mark.parametrize(("line", "what", "args"), EXAMPLES)
+def test_every_kind_of_line_is_told_apart(line: str, what: What, args: tuple[str, ...]) -> None:
+    meaning = interpret(line)
+    assert (meaning.what, meaning.args, meaning.text) == (what, args, line)
+
+
+def test_the_examples_cover_every_kind() -> None:
+    assert {what for _, what, _ in EXAMPLES} == set(client.LINE_KINDS)
+    assert What.OTHER not in client.LINE_KINDS
+    assert interpret("no prefix").what is What.OTHER
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("* bob left lobby (disconnected)", client.Leave.DISCONNECTED),
+        ("* bob left lobby (connection lost)", client.Leave.CONNECTION_LOST),
+        ("* bob left lobby (idle)", client.Leave.IDLE),
+        ("* bob left lobby (flood)", client.Leave.FLOOD),
+        ("* bob left lobby (too slow)", client.Leave.TOO_SLOW),
+        ("* bob was kicked (spam (again))", client.Leave.KICKED),
+        ("* bob left lobby", None),
+        ("* bob left lobby (a reason this client does not know)", None),
+    ],
+)
+def test_leave_reasons(line: str, reason: client.Leave | None) -> None:
+    meaning = interpret(line)
+    assert (meaning.what, meaning.args, meaning.reason) == (What.USER_LEFT, ("bob",), reason)
+
+
+def test_leave_reasons_are_those_the_server_gives() -> None:
+    from chatsvc.hub import LEAVE_SUFFIX
+
+    read = {interpret(f"* bob left lobby{suffix}").reason for suffix in LEAVE_SUFFIX.values()}
+    assert read | {client.Leave.KICKED} == {*client.LEAVE_REASONS, None}
+
+
+def test_name_refusals_are_those_the_server_gives() -> None:
+    from chatsvc import protocol
+
+    whys = [protocol.check_name(n, 5) for n in ("", "toolongname", "a b", "root")]
+    assert [interpret(protocol.error(why or "")).what for why in whys] == [
+        What.NAME_INVALID,
+        What.NAME_TOO_LONG,
+        What.NAME_INVALID,
+        What.NAME_RESERVED,
+    ]
+    assert all(kind(f"! {why}") is Kind.ERROR for why in whys)
+
+
+@pytest.mark.parametrize("line", [b"* goodbye\n", b"* goodbye\r\n", b"* goodbye", "* goodbye\n"])
+def test_interpret_takes_a_line_as_received(line: str | bytes) -> None:
+    assert interpret(line) == client.Meaning(What.GOODBYE, (), "* goodbye")
+
+
+def test_interpret_replaces_what_is_not_utf8() -> None:
+    meaning = interpret(b"[lobby] bob: caf\xe9")
+    assert meaning.what is What.CHAT and meaning.args[2] == "caf\ufffd"
 
 
 def test_lines_split_a_stream_and_bound_long_lines() -> None:
@@ -413,3 +506,161 @@ def test_inbox_post_from_another_thread_wakes_the_wait() -> None:
     inbox.wait(30.0)  # returns at once if the post came first
     t.join(10)
     assert inbox.drain() == [client.InputLine(b"hi")]
+
+
+# --- the runners: one dispatch, one relogin path, without sockets ---------------------
+
+
+class FakeConnection:
+    def __init__(self, sock: object, inbox: client.Inbox, gen: int) -> None:
+        self.sent: list[bytes] = []
+
+    def start(self) -> None:
+        pass
+
+    def send(self, line: bytes) -> None:
+        self.sent.append(line)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeReconnector:
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.started = 0
+
+    def start(self) -> None:
+        self.started += 1
+
+    def stop(self) -> None:
+        pass
+
+
+class FakeConsole:
+    def start(self, completer: object) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None) -> list[client.UserInput]:
+        return []
+
+    def update(self, lines: object, prompt: str | None) -> None:
+        pass
+
+    def accepted(self, line: str, echoed: bool) -> None:
+        pass
+
+
+Runner = client.Runner
+socket_stand_in: Any = None  # FakeConnection never touches it
+
+
+@pytest.fixture(params=["scripted", "interactive"])
+def make_runner(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Runner]]:
+    monkeypatch.setattr(client, "Connection", FakeConnection)
+
+    def make(*argv: str) -> Runner:
+        args = client.build_parser().parse_args(list(argv))
+        runner: Runner
+        if request.param == "scripted":
+            runner = client.ScriptedRunner(args, client.Inbox(), -1, io.BytesIO())
+        else:
+            runner = client.InteractiveRunner(args, client.Inbox(), FakeConsole(), False)
+        runner.reconnector = FakeReconnector()  # type: ignore[assignment]
+        runner.attach(socket_stand_in)
+        return runner
+
+    yield make
+
+
+def serve(runner: Runner, *lines: str) -> None:
+    for line in lines:
+        runner.handle(client.ServerLine(runner.gen, line.encode()))
+
+
+def sent(runner: Runner) -> list[bytes]:
+    """What went to the server on the current connection (scripted mode sends on a step)."""
+    if isinstance(runner, client.ScriptedRunner):
+        runner.step(time.monotonic())
+    assert isinstance(runner.conn, FakeConnection)
+    return runner.conn.sent
+
+
+def test_both_modes_log_in_again_as_who_they_were_and_rejoin_the_room(
+    make_runner: Callable[..., Runner],
+) -> None:
+    runner = make_runner("--name", "alice", "--reconnect")
+    assert runner.phase is Phase.GREETING
+    serve(runner, "* welcome to chatsvc 0.1.0", "* please enter your name")
+    assert sent(runner)[0] == b"alice" and runner.phase is Phase.NAME_SENT
+    serve(runner, "* hello alice, you are in lobby", "* you are now in work")
+    assert runner.phase is Phase.CHAT
+    serve(runner, "* server shutting down: upgrade")
+    runner.handle(client.ServerClosed(runner.gen, None))
+    assert runner.phase is Phase.RECONNECTING and runner.result is None
+    runner.handle(client.Reconnected(socket_stand_in))
+    assert runner.phase is Phase.GREETING
+    serve(runner, "* please enter your name")
+    assert sent(runner) == [b"alice"]
+    serve(runner, "* hello alice, you are in lobby")
+    assert runner.phase is Phase.CHAT and b"/join work" in sent(runner)
+
+
+def test_a_refused_relogin_tries_again_later(make_runner: Callable[..., Runner]) -> None:
+    runner = make_runner("--name", "alice", "--reconnect")
+    serve(runner, "* please enter your name", "* hello alice, you are in lobby")
+    runner.handle(client.ServerClosed(runner.gen, "Connection reset by peer"))
+    runner.handle(client.Reconnected(socket_stand_in))
+    serve(runner, "* please enter your name", "! name taken: alice")  # the old session lingers
+    assert runner.phase is Phase.RECONNECTING and runner.result is None
+    assert isinstance(runner.reconnector, FakeReconnector) and runner.reconnector.started == 2
+
+
+def test_lost_before_login_logs_in_again_with_the_name_given(
+    make_runner: Callable[..., Runner],
+) -> None:
+    # Regression: the relogin sent the name learnt from hello, "" before any hello.
+    runner = make_runner("--name", "bot", "--reconnect")
+    serve(runner, "* please enter your name", "* server shutting down")
+    runner.handle(client.ServerClosed(runner.gen, None))
+    runner.handle(client.Reconnected(socket_stand_in))
+    serve(runner, "* please enter your name")
+    assert sent(runner) == [b"bot"]
+
+
+def test_a_refused_name_ends_a_script_but_is_asked_again_interactively(
+    make_runner: Callable[..., Runner],
+) -> None:
+    runner = make_runner("--name", "root")
+    serve(runner, "* please enter your name", "! the name 'root' is reserved")
+    if isinstance(runner, client.InteractiveRunner):
+        assert runner.phase is Phase.NAMING and runner.prompt == client.NAME_PROMPT
+        assert runner.result is None
+    else:
+        assert runner.result == client.Outcome(
+            ExitCode.REFUSED, "name rejected: the name 'root' is reserved"
+        )
+
+
+def test_a_blank_name_option_counts_as_not_given(make_runner: Callable[..., Runner]) -> None:
+    runner = make_runner("--name", "  ")
+    serve(runner, "* please enter your name")
+    assert runner.phase is Phase.NAMING and sent(runner) == []
+
+
+def test_after_bye_only_a_script_insists_on_the_goodbye(
+    make_runner: Callable[..., Runner],
+) -> None:
+    runner = make_runner("--name", "alice")
+    serve(runner, "* please enter your name", "* hello alice, you are in lobby")
+    runner.say_bye()
+    serve(runner, "* you were kicked: bad timing")
+    runner.handle(client.ServerClosed(runner.gen, None))
+    scripted = isinstance(runner, client.ScriptedRunner)
+    assert runner.result is not None
+    assert runner.result.code is (ExitCode.KICKED if scripted else ExitCode.OK)
