@@ -25,8 +25,6 @@ LEAVE_SUFFIX = {
     "idle": " (idle)",
     "flood": " (flood)",
     "send_queue_exceeded": " (too slow)",
-    "shutdown": " (shutdown)",
-    "fenced": " (server lost its cluster lease)",
 }
 
 REFUSAL_TEXT = {
