@@ -45,6 +45,13 @@ RESTART_KEYS = frozenset(
         "admin.socket",
         "admin.mode",
         "admin.group",
+        "cluster.backend",
+        "cluster.node_id",
+        "cluster.key_prefix",
+        "cluster.lease",
+        "cluster.heartbeat",
+        "cluster.history",
+        "cluster.publish_queue",
     }
 )
 
@@ -94,18 +101,33 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``backend`` empty: the embedded single-process mode (no Redis at all)."""
+
+    backend: str = ""
+    node_id: str = ""  # empty: HOST:PORT of the listener
+    key_prefix: str = "chatsvc:"
+    lease: float = 3.0
+    heartbeat: float = 1.0
+    history: int = 10000
+    publish_queue: int = 10000
+    unavailable_after: float = 5.0
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     source: Optional[str] = None  # the file it came from; None for built-in defaults
 
 
 # --- validators -------------------------------------------------------------
-# Each takes (raw value, raise_error) and returns the value to store.  The
-# ``bad`` callback raises ConfigError with the expectation text.
+# Each takes (raw value, bad) and returns the value to store.  ``bad(expected)``
+# returns the ConfigError (file, key, expected, found) for the validator to raise.
 
 Bad = Callable[[str], ConfigError]
 Validator = Callable[[Any, Bad], Any]
@@ -195,6 +217,28 @@ def _uids(v: Any, bad: Bad) -> tuple[int, ...]:
     return tuple(v)
 
 
+_BACKEND_SCHEMES = ("redis://", "rediss://", "unix://")
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+
+
+def _backend(v: Any, bad: Bad) -> str:
+    if not isinstance(v, str) or (v and not v.startswith(_BACKEND_SCHEMES)):
+        raise bad('a Redis URL: "redis://HOST:PORT/DB", "rediss://..." or "unix:///PATH"')
+    if v and any(c.isspace() for c in v):
+        raise bad("a Redis URL without spaces")
+    return v
+
+
+def _pattern(rx: re.Pattern[str], what: str) -> Validator:
+    def check(v: Any, bad: Bad) -> str:
+        if not isinstance(v, str) or (v and not rx.fullmatch(v)):
+            raise bad(what)
+        return v
+
+    return check
+
+
 SCHEMA: dict[str, tuple[type[Any], dict[str, Validator]]] = {
     "server": (
         ServerConfig,
@@ -235,6 +279,19 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Validator]]] = {
     "admin": (
         AdminConfig,
         {"socket": _str, "mode": _mode, "group": _str, "uids": _uids},
+    ),
+    "cluster": (
+        ClusterConfig,
+        {
+            "backend": _backend,
+            "node_id": _pattern(_NODE_ID_RE, "1-64 letters, digits, '_', '-', '.', ':'"),
+            "key_prefix": _pattern(_PREFIX_RE, "1-64 letters, digits, '_', '-', '.', ':'"),
+            "lease": _number(0.5, 600),
+            "heartbeat": _number(0.05, 60),
+            "history": _int(100, 10_000_000),
+            "publish_queue": _int(1, 10_000_000),
+            "unavailable_after": _number(0.1, 3600),
+        },
     ),
 }
 
@@ -298,6 +355,13 @@ def from_mapping(data: Mapping[str, Any], source: str | None = None) -> Config:
             values[key] = validators[key](raw, bad)
         sections[section] = cls(**values)
     cfg = Config(**sections, source=source)
+    if cfg.cluster.backend and cfg.cluster.heartbeat * 2 > cfg.cluster.lease:
+        raise ConfigError(
+            where,
+            "cluster.heartbeat",
+            f"at most half of cluster.lease ({cfg.cluster.lease:g} s)",
+            f"{cfg.cluster.heartbeat:g}",
+        )
     if cfg.rooms.default not in cfg.rooms.names:
         raise ConfigError(
             where,

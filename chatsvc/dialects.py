@@ -62,6 +62,8 @@ ERROR_TEXT = {
     "already_in_room": "you are already in {room}",
     "not_in_room": "not in a room",
     "not_on_channel": "you are not in {room}",
+    "cluster_unavailable": "cluster unavailable",
+    "fenced": "this server lost contact with the cluster; please reconnect",
     "closing": "connection closing",
     "no_such_user": "no such user: {name}",
     "name_required": "a name is required",

@@ -12,7 +12,7 @@ Reason and error codes are short stable strings; the dialects own the words.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 # --- room events: fanned out to every member of a room -----------------------------
 
@@ -138,6 +138,8 @@ ERROR_CODES = frozenset(
         "already_in_room",  # room
         "not_in_room",
         "not_on_channel",  # room
+        "cluster_unavailable",
+        "fenced",
         "no_such_user",  # name
         "bad_name",  # why
         "name_taken",  # name
@@ -168,3 +170,27 @@ Event = Union[
     Help,
     Error,
 ]
+
+
+# --- the wire form between nodes (cluster mode) ------------------------------------
+
+_BY_NAME: dict[str, type[Any]] = {
+    cls.__name__: cls for cls in (Chat, Joined, Left, Kicked, Announcement, Private)
+}
+
+
+def to_wire(event: Event) -> list[Any]:
+    """A JSON-ready form of an event that travels between nodes: [type, fields...]."""
+    return [type(event).__name__, *event]
+
+
+def from_wire(data: Any) -> Event:
+    """The event ``to_wire`` made; ValueError if ``data`` is not one."""
+    if not isinstance(data, list) or not data or data[0] not in _BY_NAME:
+        raise ValueError(f"not a wire event: {data!r:.80}")
+    cls = _BY_NAME[data[0]]
+    try:
+        event: Event = cls(*data[1:])
+    except TypeError as exc:
+        raise ValueError(f"bad fields for {data[0]}: {exc}") from None
+    return event

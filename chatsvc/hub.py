@@ -76,6 +76,7 @@ class Member:
 
     __slots__ = (
         "addr",
+        "claim",
         "close_flush",
         "close_reason",
         "connected_at",
@@ -118,6 +119,7 @@ class Member:
         self.close_reason: Optional[str] = None  # set once closing began
         self.close_flush = True  # deliver what is queued before closing
         self.mailbox: Mailbox = _NO_WRITER  # set by Hub.add
+        self.claim = ""  # the cluster's token for this member's name (cluster mode)
 
     @property
     def label(self) -> str:
@@ -144,19 +146,52 @@ class Batch(NamedTuple):
 
 
 class RoomBackend(Protocol):
-    """Where room fan-out goes; called with ``Hub.lock`` held, must not block."""
+    """Where room fan-out and cluster-wide names go (see docs/architecture.md).
 
-    def publish(self, room: str, event: RoomEvent, exclude: Optional[Member]) -> None: ...
+    ``spans_nodes``: other nodes share the rooms.  ``claim`` runs in a reader
+    thread without the hub lock (it may wait for the cluster: login is the one
+    place a client thread may block on it); every other method is called with
+    ``Hub.lock`` held and must not block.
+    """
+
+    spans_nodes: bool
+
+    def publish(self, room: str, event: RoomEvent, exclude: Optional[Member]) -> bool:
+        """Fan ``event`` out to ``room``; False if it cannot be taken now."""
+        ...
+
+    def claim(self, m: Member, key: str) -> Optional[Error]: ...
+
+    def release(self, m: Member) -> None: ...
+
+    def rooms_changed(self, m: Member) -> None: ...
+
+    def send_private(self, node: str, event: events.Private) -> bool: ...
 
 
 class LocalBackend:
     """The embedded single-process backend: deliver to this hub's members."""
 
+    spans_nodes = False
+
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
 
-    def publish(self, room: str, event: RoomEvent, exclude: Optional[Member]) -> None:
+    def publish(self, room: str, event: RoomEvent, exclude: Optional[Member]) -> bool:
         self._hub.deliver_local(room, event, exclude)
+        return True
+
+    def claim(self, m: Member, key: str) -> Optional[Error]:
+        return None
+
+    def release(self, m: Member) -> None:
+        pass
+
+    def rooms_changed(self, m: Member) -> None:
+        pass
+
+    def send_private(self, node: str, event: events.Private) -> bool:
+        return False
 
 
 class KickResult(NamedTuple):
@@ -183,6 +218,10 @@ class Hub:
         self.bans: dict[str, float] = {}  # casefolded name -> monotonic expiry
         self.address_bans: dict[str, float] = {}  # address -> monotonic expiry
         self.shutting_down = False
+        # Members of other nodes (cluster mode), as their rooms' streams told:
+        # room -> casefolded name -> display name, and name -> node.
+        self.remote_rooms: dict[str, dict[str, str]] = {r: {} for r in cfg.rooms.names}
+        self.remote_nodes: dict[str, str] = {}
         # counters
         self.messages_in = 0
         self.bytes_in = 0
@@ -270,16 +309,65 @@ class Hub:
         for m in over:
             self._begin_close(m, "send_queue_exceeded", None, flush=False)
 
-    def deliver_remote(self, room: str, event: RoomEvent) -> None:
-        """Entry point for events a multi-node backend received from another node."""
+    def deliver_remote(
+        self, room: str, event: RoomEvent, exclude: Optional[str] = None, origin: str = ""
+    ) -> None:
+        """Entry point for events a multi-node backend read back, in the room's order.
+
+        ``exclude``: the casefolded name of a member who must not get it (a joiner
+        its own join, a sender whose dialect does not echo).  ``origin``: the node
+        it came from, when it is another node: membership changes there are
+        mirrored for /who and /rooms.
+        """
         with self.lock:
             if room in self.rooms:
-                self.deliver_local(room, event)
+                if origin:
+                    self._mirror(room, event, origin)
+                quiet = isinstance(event, (events.Joined, events.Left, events.Kicked)) and (
+                    len(self.rooms[room]) > self.cfg.rooms.announce_limit
+                )
+                if not quiet:
+                    skip = self.by_name.get(exclude) if exclude else None
+                    self.deliver_local(room, event, skip)
+            owed = self._owed()
+        _wake(owed)
+
+    def _mirror(self, room: str, event: RoomEvent, node: str) -> None:
+        """Follow another node's membership changes; lock held."""
+        if isinstance(event, events.Joined):
+            key = event.name.casefold()
+            self.remote_rooms[room][key] = event.name
+            self.remote_nodes[key] = node
+        elif isinstance(event, (events.Left, events.Kicked)):
+            key = event.name.casefold()
+            self.remote_rooms[room].pop(key, None)
+            if not any(key in names for names in self.remote_rooms.values()):
+                self.remote_nodes.pop(key, None)
+
+    def set_remote(self, members: dict[str, tuple[str, str, list[str]]]) -> None:
+        """Replace the mirror of other nodes' members: key -> (name, node, rooms)."""
+        with self.lock:
+            self.remote_rooms = {r: {} for r in self.rooms}
+            self.remote_nodes = {}
+            for key, (name, node, rooms) in members.items():
+                self.remote_nodes[key] = node
+                for room in rooms:
+                    if room in self.remote_rooms:
+                        self.remote_rooms[room][key] = name
+
+    def deliver_private(self, event: events.Private) -> None:
+        """A private message from another node for a member of this one."""
+        with self.lock:
+            peer = self.by_name.get(event.target.casefold())
+            if peer is not None and peer.close_reason is None:
+                self.bytes_out += self._put(peer, event)
             owed = self._owed()
         _wake(owed)
 
     def _announce_membership(self, room: str, event: RoomEvent, exclude: Member) -> None:
-        if len(self.rooms[room]) <= self.cfg.rooms.announce_limit:
+        # Across nodes every change travels (the other nodes mirror membership);
+        # the announce limit then applies where it is delivered.
+        if self.backend.spans_nodes or len(self.rooms[room]) <= self.cfg.rooms.announce_limit:
             self.backend.publish(room, event, exclude)
 
     def _owed(self) -> list[Mailbox]:
@@ -320,16 +408,19 @@ class Hub:
         """Register ``name`` (and join the default room); why not, if refused."""
         key = name.casefold()
         with self.lock:
-            if m.close_reason is not None:
-                return events.error("closing")
-            expiry = self.bans.get(key)
-            if expiry is not None:
-                left = expiry - time.monotonic()
-                if left > 0:
-                    return events.error("name_banned", name=name, seconds=left)
-                del self.bans[key]
-            if key in self.by_name:
-                return events.error("name_taken", name=name)
+            taken = key in self.by_name
+        if taken:
+            return events.error("name_taken", name=name)
+        claimed = self.backend.claim(m, key)  # cluster-wide; may wait for the cluster
+        if claimed is not None:
+            return (
+                events.error("name_taken", name=name) if claimed.code == "name_taken" else claimed
+            )
+        with self.lock:
+            refusal = self._admit_name(m, name, key)
+            if refusal is not None:
+                self.backend.release(m)
+                return refusal
             m.name, m.key = name, key
             self.by_name[key] = m
             self.logins += 1
@@ -339,9 +430,24 @@ class Hub:
                 self.rooms[room][m] = None
                 m.rooms[room] = None
                 self._announce_membership(room, events.Joined(room, name), m)
+            self.backend.rooms_changed(m)
             self._put(m, events.Hello(name, room), reply=True)
             owed = self._owed()
         _wake(owed)
+        return None
+
+    def _admit_name(self, m: Member, name: str, key: str) -> Optional[Error]:
+        """Why ``name`` may not log in now; lock held."""
+        if m.close_reason is not None:
+            return events.error("closing")
+        expiry = self.bans.get(key)
+        if expiry is not None:
+            left = expiry - time.monotonic()
+            if left > 0:
+                return events.error("name_banned", name=name, seconds=left)
+            del self.bans[key]
+        if key in self.by_name:
+            return events.error("name_taken", name=name)
         return None
 
     def join(self, m: Member, room: str) -> Optional[Error]:
@@ -360,6 +466,7 @@ class Hub:
             self.rooms[room][m] = None
             m.rooms[room] = None
             self._announce_membership(room, events.Joined(room, m.name), m)
+            self.backend.rooms_changed(m)
             self._put(m, events.NowIn(room), reply=True)
             owed = self._owed()
         _wake(owed)
@@ -382,6 +489,7 @@ class Hub:
             m.rooms[room] = None
             joined = events.Joined(room, m.name)
             self._announce_membership(room, joined, m)
+            self.backend.rooms_changed(m)
             self._put(m, joined, reply=True)
             owed = self._owed()
         _wake(owed)
@@ -396,6 +504,7 @@ class Hub:
             del m.rooms[room]
             left = events.Left(room, m.name, "part", text)
             self._announce_membership(room, left, m)
+            self.backend.rooms_changed(m)
             self._put(m, left, reply=True)
             owed = self._owed()
         _wake(owed)
@@ -418,7 +527,9 @@ class Hub:
             self.bytes_in += len(text.encode())
             m.msgs_sent += 1
             exclude = None if m.dialect.echo_own else m
-            self.backend.publish(room, events.Chat(room, m.name, text, time.time()), exclude)
+            chat = events.Chat(room, m.name, text, time.time())
+            if not self.backend.publish(room, chat, exclude):
+                self._put(m, events.error("cluster_unavailable"), reply=True)
             owed = self._owed()
         _wake(owed)
         return room
@@ -426,15 +537,27 @@ class Hub:
     def private(self, m: Member, target: str, text: str) -> Optional[Error]:
         """A private message; why not, if the target is unknown."""
         with self.lock:
-            peer = self.by_name.get(target.casefold())
-            if peer is None or peer.close_reason is not None or m.name is None:
+            key = target.casefold()
+            peer = self.by_name.get(key)
+            node = self.remote_nodes.get(key) if peer is None else None
+            if m.name is None or (peer is None and node is None):
                 return events.error("no_such_user", name=target)
+            if peer is not None and peer.close_reason is not None:
+                return events.error("no_such_user", name=target)
+            now = time.time()
+            if peer is not None:
+                peer_name = peer.name or target
+                self.bytes_out += self._put(peer, events.Private(m.name, peer_name, text, now))
+            else:
+                peer_name = next(
+                    (names[key] for names in self.remote_rooms.values() if key in names), target
+                )
+                sent = events.Private(m.name, peer_name, text, now)
+                if node is None or not self.backend.send_private(node, sent):
+                    return events.error("cluster_unavailable")
             self.messages_in += 1
             self.bytes_in += len(text.encode())
             m.msgs_sent += 1
-            now = time.time()
-            peer_name = peer.name or target
-            self.bytes_out += self._put(peer, events.Private(m.name, peer_name, text, now))
             self._put(m, events.Private(m.name, peer_name, text, now, echo=True), reply=True)
             owed = self._owed()
         _wake(owed)
@@ -450,13 +573,16 @@ class Hub:
 
     def room_list(self, m: Optional[Member] = None) -> events.RoomList:
         with self.lock:
-            counts = tuple((r, len(ms)) for r, ms in self.rooms.items())
+            remote = self.remote_rooms
+            counts = tuple((r, len(ms) + len(remote[r])) for r, ms in self.rooms.items())
             return events.RoomList(counts, m.room if m else None)
 
     def who(self, m: Member, room: Optional[str] = None) -> events.WhoList:
         with self.lock:
             room = room or m.room or self.cfg.rooms.default
-            return events.WhoList(room, tuple(x.name or "?" for x in self.rooms[room]))
+            names = [x.name or "?" for x in self.rooms[room]]
+            names += self.remote_rooms[room].values()
+            return events.WhoList(room, tuple(names))
 
     # --- closing -----------------------------------------------------------------
 
@@ -484,15 +610,20 @@ class Hub:
     def _detach(self, m: Member, reason: str, kicked: str = "") -> None:
         """Take ``m`` out of its room and the name map, telling the room; lock held."""
         if m.name is not None:
+            quiet = self.shutting_down or reason in ("shutdown", "fenced")
             for room in m.rooms:
                 del self.rooms[room][m]
                 if kicked:
                     self._announce_membership(room, events.Kicked(room, m.name, kicked), m)
-                elif not (self.shutting_down or reason == "shutdown"):
+                elif not quiet:
                     self._announce_membership(room, events.Left(room, m.name, reason), m)
+                elif self.backend.spans_nodes and reason != "fenced":
+                    # this node stops: its own members need no word, the others do
+                    self.backend.publish(room, events.Left(room, m.name, reason), m)
             m.rooms = {}
         if m.key is not None and self.by_name.get(m.key) is m:
             del self.by_name[m.key]
+            self.backend.release(m)
 
     def close(
         self, m: Member, reason: str, final: Optional[Event] = None, flush: bool = True
@@ -603,14 +734,21 @@ class Hub:
             if expiry > now
         ]
 
-    def announce(self, event: RoomEvent, room: Optional[str] = None) -> int:
-        """A server event to one room or to every room; how many members got it."""
+    def announce(self, event: RoomEvent, room: Optional[str] = None, local: bool = False) -> int:
+        """A server event to one room or to every room; how many members got it.
+
+        ``local``: to this node's members only (a node's own shutdown countdown).
+        """
         with self.lock:
             targets = [room] if room is not None else list(self.rooms)
             n = 0
             for r in targets:
                 n += len(self.rooms[r])
-                self.backend.publish(r, event, None)
+                if local:
+                    self.deliver_local(r, event)
+                else:
+                    n += len(self.remote_rooms[r])
+                    self.backend.publish(r, event, None)
             owed = self._owed()
         _wake(owed)
         return n

@@ -106,6 +106,13 @@ class ChatServer:
         self._watchdog: Optional[float] = None
         self._next_watchdog = 0.0
         self._next_status = 0.0
+        self.cluster: Optional[Any] = None  # chatsvc.cluster.ClusterBackend, in cluster mode
+        if cfg.cluster.backend:
+            try:
+                self._join_cluster(cfg)
+            except BaseException:
+                self.listener.close()
+                raise
         self.admin: Optional[AdminServer] = None
         if admin_path:
             try:
@@ -113,6 +120,21 @@ class ChatServer:
             except BaseException:
                 self.listener.close()
                 raise
+
+    def _join_cluster(self, cfg: Config) -> None:
+        """Cluster mode: Redis is imported only here (the embedded mode never loads it)."""
+        try:
+            from chatsvc import cluster
+        except ImportError as exc:
+            raise StartupError(
+                f"[cluster] needs the redis package: pip install 'chatsvc[cluster]' ({exc})"
+            ) from None
+        host, port = self.address
+        node_id = cfg.cluster.node_id or f"{host}:{port}"
+        backend = cluster.ClusterBackend(self.hub, cfg.cluster, node_id, f"{host}:{port}")
+        backend.start()
+        self.hub.backend = backend
+        self.cluster = backend
 
     @property
     def cfg(self) -> Config:
@@ -144,7 +166,7 @@ class ChatServer:
             self.stop_reason = reason
         if delay > 0 and self._stop_at is None:
             self._stop_at = time.monotonic() + delay
-            self.hub.announce(events.ShuttingDown(delay, reason))
+            self.hub.announce(events.ShuttingDown(delay, reason), local=True)
             logsetup.lifecycle.info("shutdown_scheduled", seconds=delay, reason=reason)
         elif delay <= 0:
             self.stop_requested = True
@@ -366,6 +388,8 @@ class ChatServer:
         if forced:
             self.hub.force_close_all()
             self._wait_sessions_gone(time.monotonic() + 2.0)
+        if self.cluster is not None:
+            self.cluster.stop()
         for w in self.writers:
             w.stop()
         if self.admin is not None:

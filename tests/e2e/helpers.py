@@ -117,6 +117,11 @@ class RawClient:
         self.send(name)
         return self.expect(re.compile(r"^(\* hello |! )"))
 
+    def login_again(self, name: str) -> str:
+        """Another name after a refusal (the server waits for one)."""
+        self.send(name)
+        return self.expect(re.compile(r"^(\* hello |! )"))
+
     def close(self) -> None:
         try:
             self.sock.close()

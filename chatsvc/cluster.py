@@ -1,0 +1,687 @@
+"""Cluster mode: rooms that span several chatsvc nodes, ordered by Redis streams.
+
+Imported only when ``[cluster] backend`` is set; the embedded mode never loads
+Redis.  docs/cluster.md states the design, the guarantees and the failures.
+
+Order.  Each room has a stream.  A Lua script (``APPEND``) gives every line the
+room's next sequence number (the stream id is ``SEQ-0``), stamps the cluster's
+epoch and remembers the message id for ten minutes, so a retried append whose
+reply was lost is not added twice.  Every node delivers a room's lines, the
+sender's own echo included, only when it reads them back from the stream, so
+all members on all nodes see one order.
+
+Threads (each with its own Redis connection; none ever holds ``Hub.lock``
+while it talks to Redis):
+
+* the **publisher** takes appends and bookkeeping from a bounded queue that
+  ``publish`` fills under the hub lock without blocking, and pipelines them;
+  while Redis is unreachable it keeps them, and after ``unavailable_after``
+  drops the lines with ``! cluster unavailable`` to their senders;
+* the **reader** blocks in ``XREAD`` over the room streams and this node's
+  inbox and hands events to the hub in sequence order, telling members of a
+  gap, an epoch change or a sequence that went backwards;
+* the **keeper** renews this node's lease every ``heartbeat`` and reaps nodes
+  whose lease ran out (their members are announced as gone, their names
+  freed); a node that finds its own lease gone fences itself.
+
+Reader threads of clients talk to Redis only at login (``claim``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, Optional
+
+import redis
+
+from chatsvc import __version__, events, logsetup
+from chatsvc.config import ClusterConfig
+from chatsvc.errors import StartupError
+from chatsvc.events import Error, RoomEvent
+from chatsvc.hub import Hub, Member
+from chatsvc.wakeup import block_process_signals
+
+APPEND = """
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[3], epoch)
+end
+local seen = redis.call('GET', KEYS[4])
+if seen then return {tonumber(seen), epoch} end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], seq .. '-0',
+           'e', epoch, 'o', ARGV[2], 'x', ARGV[5], 'd', ARGV[1])
+redis.call('SET', KEYS[4], seq, 'EX', 600)
+return {seq, epoch}
+"""
+
+# KEYS: names, this node's members, this node's lease
+# ARGV: casefolded name, claim token, "node|", member record
+CLAIM = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and string.sub(cur, 1, #ARGV[3]) ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+return 1
+"""
+
+# KEYS: names, this node's members.  ARGV: casefolded name, claim token
+RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+local rec = redis.call('HGET', KEYS[2], ARGV[1])
+if rec and cjson.decode(rec)[1] == ARGV[2] then redis.call('HDEL', KEYS[2], ARGV[1]) end
+return 1
+"""
+
+# KEYS: names, this node's members.  ARGV: casefolded name, claim token, record
+ROOMS = """
+local rec = redis.call('HGET', KEYS[2], ARGV[1])
+if rec and cjson.decode(rec)[1] == ARGV[2] then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
+return 1
+"""
+
+# KEYS: nodes, this node's lease.  ARGV: node, incarnation, lease in ms.  Renew the
+# lease, or take it again after Redis itself was away -- unless we were reaped.
+RENEW = """
+local info = redis.call('HGET', KEYS[1], ARGV[1])
+if not info or not string.find(info, ARGV[2], 1, true) then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+# KEYS: nodes, names, the dead node's members, its lease.  ARGV: the dead node
+REAP = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return false end
+local all = redis.call('HGETALL', KEYS[3])
+for i = 1, #all, 2 do
+  local rec = cjson.decode(all[i + 1])
+  if redis.call('HGET', KEYS[2], all[i]) == rec[1] then redis.call('HDEL', KEYS[2], all[i]) end
+end
+redis.call('DEL', KEYS[3])
+redis.call('HDEL', KEYS[1], ARGV[1])
+return all
+"""
+
+BLOCK_MS = 1000
+BATCH = 256
+RETRY_MIN, RETRY_MAX = 0.05, 1.0
+LOGIN_TIMEOUT = 5.0  # a login waits at most this long for Redis
+
+
+class Append:
+    """One line for a room stream, as the publisher holds it until Redis has it."""
+
+    __slots__ = ("data", "exclude", "msgid", "origin", "room", "sender", "since")
+
+    def __init__(
+        self,
+        room: str,
+        data: str,
+        exclude: str,
+        msgid: str,
+        sender: Optional[Member],
+        origin: str,
+    ) -> None:
+        self.origin = origin
+        self.room = room
+        self.data = data
+        self.exclude = exclude
+        self.msgid = msgid
+        self.sender = sender
+        self.since = time.monotonic()
+
+
+class Keys:
+    def __init__(self, prefix: str) -> None:
+        self.p = prefix
+        self.epoch = prefix + "epoch"
+        self.names = prefix + "names"
+        self.nodes = prefix + "nodes"
+
+    def stream(self, room: str) -> str:
+        return f"{self.p}s:{room}"
+
+    def seq(self, room: str) -> str:
+        return f"{self.p}q:{room}"
+
+    def dedupe(self, msgid: str) -> str:
+        return f"{self.p}d:{msgid}"
+
+    def members(self, node: str) -> str:
+        return f"{self.p}m:{node}"
+
+    def lease(self, node: str) -> str:
+        return f"{self.p}l:{node}"
+
+    def inbox(self, node: str) -> str:
+        return f"{self.p}i:{node}"
+
+
+class ClusterBackend:
+    """The Redis backend behind ``Hub.backend`` (see the module docstring)."""
+
+    spans_nodes = True
+
+    def __init__(self, hub: Hub, ccfg: ClusterConfig, node_id: str, address: str) -> None:
+        self.hub = hub
+        self.cfg = ccfg
+        self.node = node_id
+        self.address = address
+        self.keys = Keys(ccfg.key_prefix)
+        self.incarnation = secrets.token_hex(4)
+        self._counter = 0  # message ids: node, incarnation, counter
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=ccfg.publish_queue)
+        self._control: queue.SimpleQueue[tuple[str, list[str], list[str]]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.epoch: Optional[str] = None
+        self.down_since: Optional[float] = None  # the publisher cannot reach Redis
+        self.last_seq: dict[str, int] = {}
+        self._inbox_last = "0-0"
+        self._conn = self._connect()  # for claims (client threads, one at a time)
+        self._claim_lock = threading.Lock()
+        self._scripts = {
+            name: self._conn.register_script(text)
+            for name, text in (
+                ("append", APPEND),
+                ("claim", CLAIM),
+                ("release", RELEASE),
+                ("rooms", ROOMS),
+                ("reap", REAP),
+                ("renew", RENEW),
+            )
+        }
+        self._reset_lock = threading.Lock()  # one reaction to a reset store at a time
+        self._reload_seq = False  # set by the keeper: the reader re-reads the sequences
+        self._suspects: dict[str, int] = {}  # node -> rounds seen without a lease
+
+    # --- start and stop -----------------------------------------------------------
+
+    def _connect(self, timeout: Optional[float] = None) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.cfg.backend,
+            socket_timeout=timeout or max(BLOCK_MS / 1000 + 2, self.cfg.lease),
+            socket_connect_timeout=2.0,
+            decode_responses=True,
+            health_check_interval=0,
+        )
+
+    def start(self) -> None:
+        """Register this node and start its threads; StartupError if Redis is not there."""
+        try:
+            self._register()
+            self._load_remote()
+        except redis.RedisError as exc:
+            raise StartupError(f"cannot reach the cluster backend: {exc}") from None
+        for target, name in (
+            (self._publisher, "chatsvc-cluster-publisher"),
+            (self._reader, "chatsvc-cluster-reader"),
+            (self._keeper, "chatsvc-cluster-keeper"),
+        ):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        logsetup.lifecycle.info(
+            "cluster_joined",
+            node=self.node,
+            incarnation=self.incarnation,
+            epoch=self.epoch,
+            backend=_safe_url(self.cfg.backend),
+        )
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Deliver what is queued (bounded), free this node's names, leave the cluster."""
+        deadline = time.monotonic() + timeout
+        while not self._queue.empty() and time.monotonic() < deadline and self.down_since is None:
+            self._stop.wait(0.01)
+        self._stop.set()
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        try:
+            k = self.keys
+            with self._conn.pipeline(transaction=True) as p:
+                p.delete(k.lease(self.node))
+                p.execute()
+            self._scripts["reap"](
+                keys=[k.nodes, k.names, k.members(self.node), k.lease(self.node)], args=[self.node]
+            )
+            self._conn.delete(k.inbox(self.node))
+        except redis.RedisError:
+            pass  # the others reap us when the lease runs out
+        logsetup.lifecycle.info("cluster_left", node=self.node)
+
+    def _register(self) -> None:
+        k = self.keys
+        r = self._conn
+        self.epoch = self._epoch(r)
+        info = json.dumps(
+            {
+                "address": self.address,
+                "version": __version__,
+                "incarnation": self.incarnation,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+            }
+        )
+        with r.pipeline(transaction=True) as p:
+            p.set(k.lease(self.node), self.incarnation, px=int(self.cfg.lease * 1000))
+            p.hset(k.nodes, self.node, info)
+            p.delete(k.members(self.node), k.inbox(self.node))
+            for room in self.hub.rooms:
+                p.get(k.seq(room))
+            replies = p.execute()
+        for room, seq in zip(self.hub.rooms, replies[3:]):
+            self.last_seq[room] = int(seq or 0)
+        self._inbox_last = "0-0"
+
+    def _epoch(self, r: redis.Redis) -> str:
+        fresh = secrets.token_hex(8)
+        r.set(self.keys.epoch, fresh, nx=True)
+        return str(r.get(self.keys.epoch) or fresh)
+
+    def _load_remote(self) -> None:
+        """Mirror the members of the other nodes, for /who and /rooms."""
+        k = self.keys
+        nodes = [str(n) for n in self._conn.hkeys(k.nodes) if n != self.node]
+        members: dict[str, tuple[str, str, list[str]]] = {}
+        for node in nodes:
+            for key, rec in self._conn.hgetall(k.members(node)).items():
+                _, name, rooms = _record(str(rec))
+                members[str(key)] = (name, node, rooms)
+        self.hub.set_remote(members)
+
+    # --- called by the hub (lock held: never block) ---------------------------------------
+
+    def publish(
+        self, room: str, event: RoomEvent, exclude: Optional[Member], origin: str = ""
+    ) -> bool:
+        self._counter += 1
+        chat = isinstance(event, events.Chat)
+        item = Append(
+            room,
+            json.dumps(events.to_wire(event)),
+            (exclude.key or "") if exclude is not None else "",
+            f"{self.node}:{self.incarnation}:{self._counter}",
+            self.hub.by_name.get(event.sender.casefold()) if chat else None,  # type: ignore[union-attr]
+            origin or self.node,
+        )
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            return False
+        return self.available or not chat
+
+    @property
+    def available(self) -> bool:
+        down = self.down_since
+        return down is None or time.monotonic() - down < self.cfg.unavailable_after
+
+    def claim(self, m: Member, key: str) -> Optional[Error]:
+        """Claim ``key`` cluster-wide (a client's reader thread, at login)."""
+        if not self.available:
+            return events.error("cluster_unavailable")
+        token = f"{self.node}|{self.incarnation}:{secrets.token_hex(4)}"
+        k = self.keys
+        record = json.dumps([token, key, []])
+        try:
+            with self._claim_lock:
+                got = self._scripts["claim"](
+                    keys=[k.names, k.members(self.node), k.lease(self.node)],
+                    args=[key, token, self.node + "|", record],
+                )
+        except redis.RedisError:
+            return events.error("cluster_unavailable")
+        if got == -1:
+            return events.error("fenced")
+        if not got:
+            return events.error("name_taken", name=key)
+        m.claim = token
+        return None
+
+    def release(self, m: Member) -> None:
+        if m.key is not None and m.claim:
+            self._control.put(("release", [m.key, m.claim], []))
+            m.claim = ""
+
+    def rooms_changed(self, m: Member) -> None:
+        if m.key is not None and m.claim:
+            record = json.dumps([m.claim, m.name, list(m.rooms)])
+            self._control.put(("rooms", [m.key, m.claim, record], []))
+
+    def send_private(self, node: str, event: events.Private) -> bool:
+        self._control.put(("inbox", [node, json.dumps(events.to_wire(event))], []))
+        return self.available
+
+    # --- the publisher thread -----------------------------------------------------------
+
+    def _publisher(self) -> None:
+        block_process_signals()
+        # A short timeout: a line must not wait on a dead connection longer than
+        # it may wait at all (appends are idempotent: a timed-out batch is retried).
+        r = self._connect(timeout=min(2.0, max(0.2, self.cfg.unavailable_after / 2)))
+        append = r.register_script(APPEND)
+        release = r.register_script(RELEASE)
+        rooms = r.register_script(ROOMS)
+        batch: list[Append] = []
+        controls: list[tuple[str, list[str], list[str]]] = []
+        delay = RETRY_MIN
+        while not self._stop.is_set() or batch or not self._queue.empty():
+            if not batch:
+                try:
+                    batch.append(self._queue.get(timeout=0.05))
+                except queue.Empty:
+                    pass
+                while len(batch) < BATCH:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+            while True:
+                try:
+                    controls.append(self._control.get_nowait())
+                except queue.Empty:
+                    break
+            if not batch and not controls:
+                continue
+            try:
+                self._flush(r, append, release, rooms, batch, controls)
+            except redis.RedisError as exc:
+                if self.down_since is None:
+                    self.down_since = time.monotonic()
+                    logsetup.log.warning("cluster_unreachable", error=str(exc))
+                self._drop_old(batch)
+                if self._stop.is_set():
+                    return
+                self._stop.wait(delay)
+                delay = min(RETRY_MAX, delay * 2)
+                continue
+            if self.down_since is not None:
+                logsetup.log.info(
+                    "cluster_reachable", after=round(time.monotonic() - self.down_since, 3)
+                )
+                self.down_since = None
+            delay = RETRY_MIN
+            batch, controls = [], []
+
+    def _flush(
+        self,
+        r: redis.Redis,
+        append: Any,
+        release: Any,
+        rooms: Any,
+        batch: list[Append],
+        controls: list[tuple[str, list[str], list[str]]],
+    ) -> None:
+        k = self.keys
+        epoch = secrets.token_hex(8)
+        history = str(self.cfg.history)
+        with r.pipeline(transaction=False) as p:
+            for a in batch:
+                append(
+                    keys=[k.stream(a.room), k.seq(a.room), k.epoch, k.dedupe(a.msgid)],
+                    args=[a.data, a.origin, history, epoch, a.exclude],
+                    client=p,
+                )
+            for op, args, _ in controls:
+                if op == "release":
+                    release(keys=[k.names, k.members(self.node)], args=args, client=p)
+                elif op == "rooms":
+                    rooms(keys=[k.names, k.members(self.node)], args=args, client=p)
+                elif op == "inbox":
+                    p.xadd(k.inbox(args[0]), {"d": args[1]}, maxlen=1000, approximate=True)
+            p.execute()
+
+    def _drop_old(self, batch: list[Append]) -> None:
+        """Lines that waited ``unavailable_after`` are dropped; their senders are told."""
+        limit = time.monotonic() - self.cfg.unavailable_after
+        old = [a for a in batch if a.since < limit]
+        if not old:
+            return
+        batch[:] = [a for a in batch if a.since >= limit]
+        for a in old:
+            if a.sender is not None:
+                self.hub.tell(a.sender, events.error("cluster_unavailable"))
+        logsetup.log.warning("cluster_lines_dropped", count=len(old))
+
+    # --- the reader thread --------------------------------------------------------------
+
+    def _reader(self) -> None:
+        block_process_signals()
+        r: Optional[redis.Redis] = None
+        delay = RETRY_MIN
+        while not self._stop.is_set():
+            try:
+                if r is None:
+                    r = self._connect()
+                    self._resync(r)
+                if self._reload_seq:
+                    self._reload_seq = False
+                    self._load_seq(r)
+                streams = {
+                    self.keys.stream(room): f"{seq}-0" for room, seq in self.last_seq.items()
+                }
+                streams[self.keys.inbox(self.node)] = self._inbox_last
+                got: Any = r.xread(streams, count=500, block=BLOCK_MS)  # type: ignore[arg-type]
+            except redis.RedisError as exc:
+                logsetup.log.warning("cluster_read_failed", error=str(exc))
+                r = None
+                self._stop.wait(delay)
+                delay = min(RETRY_MAX, delay * 2)
+                continue
+            delay = RETRY_MIN
+            for stream, entries in got or []:
+                if stream == self.keys.inbox(self.node):
+                    self._inbox(entries)
+                else:
+                    self._room_entries(stream[len(self.keys.p) + 2 :], entries)
+
+    def _load_seq(self, r: redis.Redis) -> None:
+        with r.pipeline(transaction=False) as p:
+            for room in self.hub.rooms:
+                p.get(self.keys.seq(room))
+            seqs = p.execute()
+        self.last_seq = {room: int(seq or 0) for room, seq in zip(self.hub.rooms, seqs)}
+
+    def _check_reset(self, r: redis.Redis) -> bool:
+        """An emptied store (a new epoch): re-register, claim names again; True if so."""
+        if r.get(self.keys.epoch) == self.epoch:
+            return False
+        with self._reset_lock:
+            if r.get(self.keys.epoch) == self.epoch:
+                return False  # the other thread has just handled it
+            self._epoch_changed("the cluster's store was reset")
+            self._register()
+            self._reload_seq = True
+            self._reclaim()
+        return True
+
+    def _resync(self, r: redis.Redis) -> None:
+        """After (re)connecting: an epoch change or a sequence that went backwards is said."""
+        if self._check_reset(r):
+            self._load_seq(r)
+            self._reload_seq = False
+            return
+        with r.pipeline(transaction=False) as p:
+            for room in self.last_seq:
+                p.get(self.keys.seq(room))
+            seqs = p.execute()
+        for room, seq in zip(list(self.last_seq), seqs):
+            now = int(seq or 0)
+            if now < self.last_seq[room]:
+                # The store lost acknowledged lines (an fsync policy that allows it):
+                # reusing their numbers would be a silent gap.  A new epoch instead.
+                self._new_epoch(r)
+                self._epoch_changed("the cluster's store lost recent lines")
+                for name in self.last_seq:
+                    self.last_seq[name] = min(self.last_seq[name], now)
+                self.last_seq[room] = now
+                break
+
+    def _new_epoch(self, r: redis.Redis) -> None:
+        fresh = secrets.token_hex(8)
+        r.set(self.keys.epoch, fresh)
+        self.epoch = fresh
+
+    def _epoch_changed(self, why: str) -> None:
+        logsetup.log.warning("cluster_epoch_changed", why=why)
+        for room in self.hub.rooms:
+            self.hub.announce(
+                events.Announcement(f"{why}; lines sent meanwhile may be lost", room),
+                room,
+                local=True,
+            )
+
+    def _reclaim(self) -> None:
+        """Claim our members' names again (the store was reset)."""
+        with self.hub.lock:
+            members = [m for m in self.hub.members if m.key is not None and m.close_reason is None]
+        for m in members:
+            assert m.key is not None
+            if self.claim(m, m.key) is not None:
+                self.hub.close(m, "fenced", events.error("fenced"))
+            else:
+                self.rooms_changed(m)
+
+    def _room_entries(self, room: str, entries: Iterable[tuple[str, dict[str, str]]]) -> None:
+        if room not in self.hub.rooms:
+            return
+        for entry_id, fields in entries:
+            seq = int(entry_id.split("-", 1)[0])
+            last = self.last_seq.get(room, 0)
+            if fields.get("e") != self.epoch:
+                self.epoch = fields.get("e")
+                self._epoch_changed("the cluster's store was reset")
+            elif seq > last + 1 and last:
+                missed = seq - last - 1
+                self.hub.announce(
+                    events.Announcement(f"{missed} lines in {room} were missed", room),
+                    room,
+                    local=True,
+                )
+                logsetup.log.warning("cluster_gap", room=room, missed=missed)
+            self.last_seq[room] = seq
+            try:
+                event = events.from_wire(json.loads(fields["d"]))
+            except (KeyError, ValueError) as exc:
+                logsetup.log.error("cluster_bad_entry", room=room, id=entry_id, error=str(exc))
+                continue
+            origin = fields.get("o", "")
+            self.hub.deliver_remote(
+                room,
+                event,  # type: ignore[arg-type]
+                fields.get("x") or None,
+                origin if origin != self.node else "",
+            )
+
+    def _inbox(self, entries: Iterable[tuple[str, dict[str, str]]]) -> None:
+        for entry_id, fields in entries:
+            self._inbox_last = entry_id
+            try:
+                event = events.from_wire(json.loads(fields["d"]))
+            except (KeyError, ValueError) as exc:
+                logsetup.log.error("cluster_bad_entry", room=None, id=entry_id, error=str(exc))
+                continue
+            if isinstance(event, events.Private):
+                self.hub.deliver_private(event)
+
+    # --- the keeper thread: lease and reaper -----------------------------------------
+
+    def _keeper(self) -> None:
+        block_process_signals()
+        r: Optional[redis.Redis] = None
+        while not self._stop.wait(self.cfg.heartbeat):
+            try:
+                if r is None:
+                    r = self._connect()
+                self._renew(r)
+                self._reap(r)
+            except redis.RedisError as exc:
+                logsetup.log.warning("cluster_lease_failed", error=str(exc))
+                r = None
+
+    def _renew(self, r: redis.Redis) -> None:
+        k = self.keys
+        if self._check_reset(r):
+            return
+        ms = int(self.cfg.lease * 1000)
+        renew = self._scripts["renew"]
+        if renew(
+            keys=[k.nodes, k.lease(self.node)], args=[self.node, self.incarnation, ms], client=r
+        ):
+            return
+        # We were reaped (paused or cut off past the lease): our members were
+        # announced as gone and their names freed.  Close them, come back anew.
+        self._fence()
+        self.incarnation = secrets.token_hex(4)
+        self._register()
+        logsetup.lifecycle.info("cluster_rejoined", node=self.node, incarnation=self.incarnation)
+
+    def _fence(self) -> None:
+        with self.hub.lock:
+            members = [m for m in self.hub.members if m.close_reason is None]
+            for m in members:
+                m.claim = ""
+        for m in members:
+            self.hub.close(m, "fenced", events.error("fenced"))
+        logsetup.log.warning("cluster_fenced", node=self.node, closed=len(members))
+
+    def _reap(self, r: redis.Redis) -> None:
+        k = self.keys
+        nodes = [str(n) for n in r.hkeys(k.nodes) if n != self.node]
+        if not nodes:
+            return
+        with r.pipeline(transaction=False) as p:
+            for n in nodes:
+                p.exists(k.lease(n))
+            alive = p.execute()
+        suspects: dict[str, int] = {}
+        for node, up in zip(nodes, alive):
+            if up:
+                continue
+            # Dead only when seen without a lease in two rounds in a row: after
+            # Redis itself was paused every lease is gone at once, and each node
+            # takes its own again within a heartbeat.
+            suspects[node] = self._suspects.get(node, 0) + 1
+            if suspects[node] < 2:
+                continue
+            gone = self._scripts["reap"](
+                keys=[k.nodes, k.names, k.members(node), k.lease(node)], args=[node], client=r
+            )
+            if not gone:
+                continue
+            members = [(gone[i], _record(gone[i + 1])) for i in range(0, len(gone), 2)]
+            logsetup.log.warning("cluster_node_reaped", node=node, members=len(members))
+            with self.hub.lock:
+                for _, (_, name, rooms) in members:
+                    for room in rooms:
+                        if room in self.hub.rooms:
+                            self.publish(room, events.Left(room, name, "error"), None, node)
+        self._suspects = suspects
+
+
+def _record(rec: str) -> tuple[str, str, list[str]]:
+    """A member record: (claim token, display name, rooms)."""
+    try:
+        token, name, rooms = json.loads(rec)
+        return str(token), str(name), [str(x) for x in rooms]
+    except (ValueError, TypeError):
+        return "", "?", []
+
+
+def _safe_url(url: str) -> str:
+    """The backend URL without a password, for logs."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
