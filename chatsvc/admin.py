@@ -78,6 +78,8 @@ class AdminHub(Protocol):
 
     def ban_list(self) -> list[dict[str, Any]]: ...
 
+    def nodes(self) -> list[dict[str, Any]]: ...
+
     def announce(self, event: events.RoomEvent, room: Optional[str] = None) -> int: ...
 
 
@@ -456,6 +458,10 @@ class AdminServer:
 
     def admin_bans(self, args: dict[str, Any]) -> Result:
         return {"bans": self.hub.ban_list()}, None
+
+    def admin_nodes(self, args: dict[str, Any]) -> Result:
+        nodes = self.hub.nodes()
+        return {"cluster": bool(nodes), "nodes": nodes}, None
 
     def admin_broadcast(self, args: dict[str, Any]) -> Result:
         text: str = args["text"]

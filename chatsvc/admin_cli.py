@@ -309,21 +309,45 @@ def format_users(result: Mapping[str, Any], now: Optional[float] = None) -> str:
     if not users:
         return "no users logged in"
     at = time.time() if now is None else now
+    cluster = any(u.get("node") for u in users)
+
+    def local(u: Mapping[str, Any]) -> bool:  # other nodes' members carry fewer fields
+        return u.get("connected_at") is not None
+
     rows = [
         (
             u["name"],
             u.get("room") or "-",
+            *((u.get("node") or "-",) if cluster else ()),
             u.get("addr") or "-",
-            format_connected(float(u["connected_at"]), at),
-            format_duration(float(u.get("idle") or 0)),
-            format_bytes(u.get("queued_bytes") or 0),
-            u.get("messages", 0),
-            _yes_no(u.get("throttled")),
+            format_connected(float(u["connected_at"]), at) if local(u) else "-",
+            format_duration(float(u.get("idle") or 0)) if local(u) else "-",
+            format_bytes(u.get("queued_bytes") or 0) if local(u) else "-",
+            u.get("messages", 0) if local(u) else "-",
+            _yes_no(u.get("throttled")) if local(u) else "-",
         )
         for u in users
     ]
-    headers = ["NAME", "ROOM", "ADDR", "CONNECTED", "IDLE", "QUEUED", "MSGS", "THROTTLED"]
+    headers = ["NAME", "ROOM", *(["NODE"] if cluster else []), "ADDR", "CONNECTED", "IDLE"]
+    headers += ["QUEUED", "MSGS", "THROTTLED"]
     return table(headers, rows, right={"IDLE", "QUEUED", "MSGS"})
+
+
+def format_nodes(result: Mapping[str, Any]) -> str:
+    nodes = result["nodes"]
+    if not result.get("cluster") or not nodes:
+        return "not in cluster mode (this server runs alone)"
+    rows = [
+        (
+            n["id"] + (" *" if n.get("self") else ""),
+            n.get("address") or "-",
+            "expired" if n.get("lease_left") is None else f"{float(n['lease_left']):.1f} s",
+            n.get("members", 0),
+            n.get("version") or "-",
+        )
+        for n in nodes
+    ]
+    return table(["NODE", "ADDRESS", "LEASE LEFT", "MEMBERS", "VERSION"], rows, right={"MEMBERS"})
 
 
 def _yes_no(v: object) -> str:
@@ -460,6 +484,7 @@ FORMATTERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "ban": format_ban,
     "unban": format_unban,
     "bans": format_bans,
+    "nodes": format_nodes,
     "broadcast": format_broadcast,
     "shutdown": format_shutdown,
 }
@@ -541,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     unban.add_argument("name", nargs="?", help="the banned name")
     unban.add_argument("--address", metavar="ADDR", help="the banned address")
     sub.add_parser("bans", help="bans in force, with the time left")
+    sub.add_parser("nodes", help="the cluster's nodes (cluster mode)")
     bc = sub.add_parser("broadcast", help="send a server notice")
     bc.add_argument("text", nargs="+", help="the notice (words are joined with spaces)")
     bc.add_argument("--room", help="only to this room (default: every room)")

@@ -241,6 +241,7 @@ COMMANDS: Final[dict[str, dict[str, Arg]]] = {
     "users": {},
     "stats": {},
     "bans": {},
+    "nodes": {},
     "kick": {
         "name": Arg(_name, required=True),
         "reason": Arg(check_text),

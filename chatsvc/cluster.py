@@ -63,15 +63,31 @@ redis.call('SET', KEYS[4], seq, 'EX', 600)
 return {seq, epoch}
 """
 
-# KEYS: names, this node's members, this node's lease
+# KEYS: names, this node's members, this node's lease, bans
 # ARGV: casefolded name, claim token, "node|", member record
+# Returns {1}, {0} (taken), {-1} (our lease is gone), {-2, ms left} (banned).
 CLAIM = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return {-1} end
+local ban = redis.call('HGET', KEYS[4], ARGV[1])
+if ban then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if tonumber(ban) > now then return {-2, tonumber(ban) - now} end
+  redis.call('HDEL', KEYS[4], ARGV[1])
+end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and string.sub(cur, 1, #ARGV[3]) ~= ARGV[3] then return 0 end
+if cur and string.sub(cur, 1, #ARGV[3]) ~= ARGV[3] then return {0} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
-return 1
+return {1}
+"""
+
+# KEYS: bans.  ARGV: casefolded name, seconds (0: lift the ban)
+BAN = """
+if tonumber(ARGV[2]) <= 0 then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('HSET', KEYS[1], ARGV[1], now + math.floor(tonumber(ARGV[2]) * 1000))
 """
 
 # KEYS: names, this node's members.  ARGV: casefolded name, claim token
@@ -148,6 +164,7 @@ class Keys:
         self.epoch = prefix + "epoch"
         self.names = prefix + "names"
         self.nodes = prefix + "nodes"
+        self.bans = prefix + "bans"
 
     def stream(self, room: str) -> str:
         return f"{self.p}s:{room}"
@@ -177,6 +194,7 @@ class ClusterBackend:
         self.hub = hub
         self.cfg = ccfg
         self.node = node_id
+        self.node_id = node_id
         self.address = address
         self.keys = Keys(ccfg.key_prefix)
         self.incarnation = secrets.token_hex(4)
@@ -337,14 +355,16 @@ class ClusterBackend:
         try:
             with self._claim_lock:
                 got = self._scripts["claim"](
-                    keys=[k.names, k.members(self.node), k.lease(self.node)],
+                    keys=[k.names, k.members(self.node), k.lease(self.node), k.bans],
                     args=[key, token, self.node + "|", record],
                 )
         except redis.RedisError:
             return events.error("cluster_unavailable")
-        if got == -1:
+        if got[0] == -1:
             return events.error("fenced")
-        if not got:
+        if got[0] == -2:
+            return events.error("name_banned", name=key, seconds=int(got[1]) / 1000)
+        if not got[0]:
             return events.error("name_taken", name=key)
         m.claim = token
         return None
@@ -360,8 +380,48 @@ class ClusterBackend:
             self._control.put(("rooms", [m.key, m.claim, record], []))
 
     def send_private(self, node: str, event: events.Private) -> bool:
-        self._control.put(("inbox", [node, json.dumps(events.to_wire(event))], []))
+        self._control.put(("inbox", [node, "d", json.dumps(events.to_wire(event))], []))
         return self.available
+
+    def kick_remote(self, node: str, name: str, reason: str, ban_seconds: float) -> None:
+        kick = json.dumps([name, reason, ban_seconds])
+        self._control.put(("inbox", [node, "kick", kick], []))
+
+    def ban_name(self, key: str, seconds: float) -> None:
+        self._control.put(("ban", [key, str(seconds)], []))
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node: id, address, version, lease left, members (an admin thread)."""
+        k = self.keys
+        r = self._connect()
+        try:
+            info = {str(n): str(v) for n, v in r.hgetall(k.nodes).items()}
+            with r.pipeline(transaction=False) as p:
+                for node in info:
+                    p.pttl(k.lease(node))
+                    p.hlen(k.members(node))
+                got = p.execute()
+        finally:
+            r.close()
+        out = []
+        for i, (node, raw) in enumerate(info.items()):
+            try:
+                meta = json.loads(raw)
+            except ValueError:
+                meta = {}
+            ttl = int(got[2 * i])
+            out.append(
+                {
+                    "id": node,
+                    "self": node == self.node,
+                    "address": meta.get("address"),
+                    "version": meta.get("version"),
+                    "incarnation": meta.get("incarnation"),
+                    "lease_left": round(ttl / 1000, 3) if ttl >= 0 else None,
+                    "members": int(got[2 * i + 1]),
+                }
+            )
+        return out
 
     # --- the publisher thread -----------------------------------------------------------
 
@@ -373,6 +433,7 @@ class ClusterBackend:
         append = r.register_script(APPEND)
         release = r.register_script(RELEASE)
         rooms = r.register_script(ROOMS)
+        ban = r.register_script(BAN)
         batch: list[Append] = []
         controls: list[tuple[str, list[str], list[str]]] = []
         delay = RETRY_MIN
@@ -395,7 +456,7 @@ class ClusterBackend:
             if not batch and not controls:
                 continue
             try:
-                self._flush(r, append, release, rooms, batch, controls)
+                self._flush(r, (append, release, rooms, ban), batch, controls)
             except redis.RedisError as exc:
                 if self.down_since is None:
                     self.down_since = time.monotonic()
@@ -417,13 +478,12 @@ class ClusterBackend:
     def _flush(
         self,
         r: redis.Redis,
-        append: Any,
-        release: Any,
-        rooms: Any,
+        scripts: tuple[Any, Any, Any, Any],
         batch: list[Append],
         controls: list[tuple[str, list[str], list[str]]],
     ) -> None:
         k = self.keys
+        append, release, rooms, ban = scripts
         epoch = secrets.token_hex(8)
         history = str(self.cfg.history)
         with r.pipeline(transaction=False) as p:
@@ -439,7 +499,10 @@ class ClusterBackend:
                 elif op == "rooms":
                     rooms(keys=[k.names, k.members(self.node)], args=args, client=p)
                 elif op == "inbox":
-                    p.xadd(k.inbox(args[0]), {"d": args[1]}, maxlen=1000, approximate=True)
+                    entry = {args[1]: args[2]}
+                    p.xadd(k.inbox(args[0]), entry, maxlen=1000, approximate=True)  # type: ignore[arg-type]
+                elif op == "ban":
+                    ban(keys=[k.bans], args=args, client=p)
             p.execute()
 
     def _drop_old(self, batch: list[Append]) -> None:
@@ -587,6 +650,13 @@ class ClusterBackend:
     def _inbox(self, entries: Iterable[tuple[str, dict[str, str]]]) -> None:
         for entry_id, fields in entries:
             self._inbox_last = entry_id
+            if "kick" in fields:
+                try:
+                    name, reason, ban = json.loads(fields["kick"])
+                    self.hub.kick(str(name), str(reason), float(ban), forward=False)
+                except (ValueError, TypeError) as exc:
+                    logsetup.log.error("cluster_bad_entry", room=None, id=entry_id, error=str(exc))
+                continue
             try:
                 event = events.from_wire(json.loads(fields["d"]))
             except (KeyError, ValueError) as exc:

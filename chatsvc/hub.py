@@ -155,6 +155,7 @@ class RoomBackend(Protocol):
     """
 
     spans_nodes: bool
+    node_id: str  # this node's name in the cluster ("" when embedded)
 
     def publish(self, room: str, event: RoomEvent, exclude: Optional[Member]) -> bool:
         """Fan ``event`` out to ``room``; False if it cannot be taken now."""
@@ -168,11 +169,22 @@ class RoomBackend(Protocol):
 
     def send_private(self, node: str, event: events.Private) -> bool: ...
 
+    def kick_remote(self, node: str, name: str, reason: str, ban_seconds: float) -> None: ...
+
+    def ban_name(self, key: str, seconds: float) -> None:
+        """Share a name ban (0 seconds: lift it)."""
+        ...
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes (an admin view; may wait for the cluster)."""
+        ...
+
 
 class LocalBackend:
     """The embedded single-process backend: deliver to this hub's members."""
 
     spans_nodes = False
+    node_id = ""
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
@@ -192,6 +204,15 @@ class LocalBackend:
 
     def send_private(self, node: str, event: events.Private) -> bool:
         return False
+
+    def kick_remote(self, node: str, name: str, reason: str, ban_seconds: float) -> None:
+        pass
+
+    def ban_name(self, key: str, seconds: float) -> None:
+        pass
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return []
 
 
 class KickResult(NamedTuple):
@@ -413,9 +434,9 @@ class Hub:
             return events.error("name_taken", name=name)
         claimed = self.backend.claim(m, key)  # cluster-wide; may wait for the cluster
         if claimed is not None:
-            return (
-                events.error("name_taken", name=name) if claimed.code == "name_taken" else claimed
-            )
+            if claimed.code in ("name_taken", "name_banned"):  # worded with the name as typed
+                return events.error(claimed.code, **{**claimed.params, "name": name})
+            return claimed
         with self.lock:
             refusal = self._admit_name(m, name, key)
             if refusal is not None:
@@ -662,13 +683,20 @@ class Hub:
         return final_reason
 
     def kick(
-        self, name: str, reason: str, ban_seconds: float = 0, ban_address: bool = False
+        self,
+        name: str,
+        reason: str,
+        ban_seconds: float = 0,
+        ban_address: bool = False,
+        forward: bool = True,
     ) -> KickResult:
         """Kick a logged-in user, optionally banning the name and/or its address.
 
         A name ban is set even when nobody holds the name (a pre-emptive ban);
         an address ban needs the user's connection to know the address, and
-        closes every other connection from that address too.
+        closes every other connection from that address too.  In cluster mode
+        a member of another node is kicked by its node (``forward``), and a
+        name ban holds on every node.
         """
         key = name.casefold()
         address: Optional[str] = None
@@ -677,7 +705,12 @@ class Hub:
             m = self.by_name.get(key)
             if ban_seconds > 0:
                 self.bans[key] = time.monotonic() + ban_seconds
+                self.backend.ban_name(key, ban_seconds)
             kicked = m is not None and m.close_reason is None
+            node = self.remote_nodes.get(key) if m is None and forward else None
+            if node is not None:  # a member of another node: its node kicks it
+                self.backend.kick_remote(node, name, reason, ban_seconds)
+                kicked = True
             if m is not None and kicked:
                 self.kicks += 1
                 self._begin_close(
@@ -718,6 +751,7 @@ class Hub:
             found = False
             if name is not None:
                 found = self.bans.pop(name.casefold(), None) is not None
+                self.backend.ban_name(name.casefold(), 0)
             if address is not None:
                 found = self.address_bans.pop(address, None) is not None or found
             return found
@@ -843,13 +877,37 @@ class Hub:
             return list(self.by_name)
 
     def room_members(self) -> dict[str, list[str]]:
+        """Every room's members, other nodes' too (cluster mode)."""
         with self.lock:
-            return {r: [m.name or "?" for m in ms] for r, ms in self.rooms.items()}
+            remote = self.remote_rooms
+            return {
+                r: [m.name or "?" for m in ms] + list(remote[r].values())
+                for r, ms in self.rooms.items()
+            }
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes; empty in the embedded mode."""
+        return self.backend.nodes()
 
     def users(self) -> list[dict[str, Any]]:
+        """Logged-in users; in cluster mode other nodes' members too (fewer fields)."""
         now = time.monotonic()
+        node = self.backend.node_id
         with self.lock:
-            return [
+            remote: dict[str, list[str]] = {}
+            for room, names in self.remote_rooms.items():
+                for key in names:
+                    remote.setdefault(key, []).append(room)
+            others = [
+                {
+                    "name": next(self.remote_rooms[r][key] for r in rooms),
+                    "room": rooms[0],
+                    "rooms": rooms,
+                    "node": self.remote_nodes.get(key, "?"),
+                }
+                for key, rooms in remote.items()
+            ]
+            return others + [
                 {
                     "name": m.name,
                     "room": m.room,
@@ -861,6 +919,7 @@ class Hub:
                     "queued_bytes": m.queued,
                     "messages": m.msgs_sent,
                     "throttled": m.throttled,
+                    **({"node": node} if node else {}),
                 }
                 for m in self.members
                 if m.name is not None
@@ -882,6 +941,11 @@ class Hub:
                 "drops": dict(self.drops),
                 "refused": dict(self.refused),
                 "queued_bytes": sum(m.queued for m in self.members),
+                **(
+                    {"node": self.backend.node_id, "remote_members": len(self.remote_nodes)}
+                    if self.backend.spans_nodes
+                    else {}
+                ),
             }
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from tests.e2e.conftest import TEST_DEFAULTS, _sections
+from tests.e2e.conftest import TEST_DEFAULTS, _sections, chatsvc_proc, config_file
 from tests.e2e.helpers import ServerProcess, wait_until, write_config
 
 REDIS = shutil.which("redis-server")
@@ -150,4 +150,4 @@ def until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     wait_until(cond, timeout=timeout, what=what)
 
 
-__all__ = ["RedisServer", "time", "until"]
+__all__ = ["RedisServer", "chatsvc_proc", "config_file", "time", "until"]

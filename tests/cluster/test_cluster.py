@@ -6,11 +6,13 @@ to redis-server, and restarting redis-server with or without its data.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -206,3 +208,46 @@ def test_a_paused_node_fences_itself_and_rejoins(node: Node) -> None:
     with logged_in(a.host, a.port, "alice") as again:
         again.send("back")
         bob.expect("[lobby] alice: back", timeout=10)
+
+
+def admin(sock: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chatsvc.admin_cli", "--socket", sock, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_admin_views_span_nodes_and_kick_reaches_another_node(node: Node, short_tmp: Path) -> None:
+    a, b = node("a"), node("b")
+    alice = logged_in(a.host, a.port, "alice")
+    bob = logged_in(b.host, b.port, "bob")
+    alice.expect("* bob joined lobby")
+    sock_a = str(short_tmp / "a.sock")
+
+    users = json.loads(admin(sock_a, "--json", "users").stdout)["users"]
+    assert {(u["name"], u.get("node")) for u in users} == {("alice", "a"), ("bob", "b")}
+    table = admin(sock_a, "users").stdout
+    assert "NODE" in table.splitlines()[0]
+    rooms = json.loads(admin(sock_a, "--json", "rooms").stdout)["rooms"]
+    assert sorted(next(r for r in rooms if r["name"] == "lobby")["users"]) == ["alice", "bob"]
+    nodes = json.loads(admin(sock_a, "--json", "nodes").stdout)["nodes"]
+    assert sorted((n["id"], n["members"]) for n in nodes) == [("a", 1), ("b", 1)]
+    assert all(n["lease_left"] and n["lease_left"] > 0 for n in nodes)
+
+    # kick bob (on b) from a's admin socket, with a name ban that holds everywhere
+    done = admin(sock_a, "kick", "bob", "--reason", "spam", "--ban", "60")
+    assert done.returncode == 0, done.stderr
+    assert bob.expect("* you were kicked") == "* you were kicked: spam"
+    alice.expect("* bob was kicked (spam)")
+    again = RawClient(a.host, a.port)
+    assert again.login("BOB").startswith("! the name BOB is banned")
+
+
+def test_embedded_nodes_command_says_not_in_cluster_mode(
+    chatsvc_proc: Callable[..., ServerProcess], short_tmp: Path
+) -> None:
+    chatsvc_proc()
+    out = admin(str(short_tmp / "admin.sock"), "nodes")
+    assert out.returncode == 0 and "not in cluster mode" in out.stdout
