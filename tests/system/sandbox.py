@@ -105,10 +105,28 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def remove_cgroup_tree(top: Path) -> bool:
+    """rmdir a cgroup and its children, deepest first; False while one has processes."""
+    for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+        try:
+            os.rmdir(dirpath)
+        except OSError:
+            return False
+    return not top.exists()
+
+
 class Sandbox:
     def __init__(self, name: str = "chatsvc-systest") -> None:
         cg2 = check_host()
-        self.state = Path(tempfile.mkdtemp(prefix=f"{name}.", dir="/run"))
+        # left by a test process that was killed: named NAME.PID[.RANDOM]
+        for stale in [*Path(cg2).glob(f"{name}.*"), *Path("/run").glob(f"{name}.*")]:
+            pid = stale.name.split(".")[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                if stale.parent == Path("/run"):
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    remove_cgroup_tree(stale)
+        self.state = Path(tempfile.mkdtemp(prefix=f"{name}.{os.getpid()}.", dir="/run"))
         (self.state / "fs").mkdir()
         self.cgroup = Path(cg2) / f"{name}.{os.getpid()}"
         self.console = self.state / "console.log"
@@ -192,17 +210,8 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 self.launcher.kill()
                 self.launcher.wait(timeout=10)
-        if self.cgroup.exists():
-            wait_for("the sandbox's cgroup to empty", self._remove_cgroup, 10)
+        wait_for("the sandbox's cgroup to empty", lambda: remove_cgroup_tree(self.cgroup), 10)
         shutil.rmtree(self.state, ignore_errors=True)
-
-    def _remove_cgroup(self) -> bool:
-        for dirpath, _dirs, _files in sorted(os.walk(self.cgroup), key=lambda w: -len(w[0])):
-            try:
-                os.rmdir(dirpath)
-            except OSError:
-                return False
-        return True
 
     def console_text(self) -> str:
         try:
