@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,41 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.system.helpers import CHECKOUT, SYSTEM_PYTHON, readme_block
 from tests.system.sandbox import Sandbox, Unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
-DEPLOY_README = ROOT / "deploy" / "README.md"
-# The interpreter deploy/README.md tells operators to build the venv from.
-SYSTEM_PYTHON = "/usr/bin/python3"
-CHECKOUT = "/usr/local/src/chatsvc"  # where the "operator's checkout" is, inside
 WHEELHOUSE = "/var/cache/chatsvc-systest/wheels"
 EXCLUDE = (".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache")
-
-
-def readme_block(heading: str, readme: Path = DEPLOY_README) -> str:
-    """The first ```sh block under the section ``heading`` of a README."""
-    text = readme.read_text()
-    section = re.search(rf"^##+ {re.escape(heading)}\n(.*?)(?=^##+ |\Z)", text, re.M | re.S)
-    assert section, f"no section {heading!r} in {readme}"
-    block = re.search(r"^```sh\n(.*?)^```", section.group(1), re.M | re.S)
-    assert block, f"no ```sh block in section {heading!r} of {readme}"
-    return block.group(1)
-
-
-def readme_commands(heading: str) -> list[str]:
-    """The command lines of that block (continuations joined, comments dropped)."""
-    commands: list[str] = []
-    pending = ""
-    for raw in readme_block(heading).splitlines():
-        line = pending + raw
-        pending = ""
-        if line.endswith("\\"):
-            pending = line[:-1]
-            continue
-        line = re.sub(r"\s+#\s.*$", "", line).strip()
-        if line and not line.startswith("#"):
-            commands.append(line)
-    return commands
 
 
 def build_wheelhouse(dest: Path) -> None:

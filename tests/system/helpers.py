@@ -6,14 +6,46 @@ import json
 import re
 import socket
 import time
+from pathlib import Path
 from typing import Any, Optional, Union
 
 from tests.system.sandbox import Sandbox, wait_for
 
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY_README = ROOT / "deploy" / "README.md"
+# The interpreter deploy/README.md tells operators to build the venv from.
+SYSTEM_PYTHON = "/usr/bin/python3"
+CHECKOUT = "/usr/local/src/chatsvc"  # where the operator's checkout is, inside
 PORT = 6321
 UNIT = "chatsvc.service"
 CONFIG = "/etc/chatsvc/chatsvc.toml"
 Pattern = Union[str, "re.Pattern[str]"]
+
+
+def readme_block(heading: str, readme: Path = DEPLOY_README) -> str:
+    """The first ```sh block under the section ``heading`` of a README."""
+    text = readme.read_text()
+    section = re.search(rf"^##+ {re.escape(heading)}\n(.*?)(?=^##+ |\Z)", text, re.M | re.S)
+    assert section, f"no section {heading!r} in {readme}"
+    block = re.search(r"^```sh\n(.*?)^```", section.group(1), re.M | re.S)
+    assert block, f"no ```sh block in section {heading!r} of {readme}"
+    return block.group(1)
+
+
+def readme_commands(heading: str) -> list[str]:
+    """The command lines of that block (continuations joined, comments dropped)."""
+    commands: list[str] = []
+    pending = ""
+    for raw in readme_block(heading).splitlines():
+        line = pending + raw
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1]
+            continue
+        line = re.sub(r"\s+#\s.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            commands.append(line)
+    return commands
 
 
 class Client:

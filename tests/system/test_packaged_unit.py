@@ -16,16 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.conftest import CHECKOUT, SYSTEM_PYTHON, readme_block, readme_commands
 from tests.system.helpers import (
+    CHECKOUT,
     CONFIG,
     PORT,
+    SYSTEM_PYTHON,
     UNIT,
     Client,
     admin,
     events,
     journal_lines,
     main_pid,
+    readme_block,
+    readme_commands,
     show,
     wait_active,
     wait_event,
