@@ -51,7 +51,7 @@ def readme_commands(heading: str) -> list[str]:
 class Client:
     """A chat client on a socket made inside the sandbox; every read has a deadline."""
 
-    def __init__(self, sock: socket.socket, timeout: float = 10.0) -> None:
+    def __init__(self, sock: socket.socket, timeout: float = 15.0) -> None:
         self.sock = sock
         self.timeout = timeout
         self.buf = b""
@@ -165,7 +165,7 @@ def events(box: Sandbox, event: str, **fields: Any) -> list[dict[str, Any]]:
 
 
 def wait_event(
-    box: Sandbox, event: str, after: int = 0, timeout: float = 10.0, **fields: Any
+    box: Sandbox, event: str, after: int = 0, timeout: float = 20.0, **fields: Any
 ) -> dict[str, Any]:
     """The next such event once ``after`` of them were there (``len(events(...))``)."""
 
