@@ -376,6 +376,11 @@ class AdminServer:
                 raise RequestFailed(Code.BAD_REQUEST, f"request is {exc}") from None
             cmd = command_of(message)
             request = parse_request(message)
+            # audited also when the command fails (a kick of an unknown user)
+            target = next(
+                (str(request.args[k]) for k in ("name", "room", "address") if k in request.args),
+                None,
+            )
             result, target = _HANDLERS[request.cmd](self, request.args)
             reply = success(result)
             outcome = "ok"

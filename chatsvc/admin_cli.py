@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import grp
 import json
 import os
 import socket
@@ -97,6 +98,22 @@ def group_hint(group: str) -> str:
     return f"are you in the {group!r} group?" if group else "are you in the chatsvc admin group?"
 
 
+def _owning_group(path: str) -> str:
+    """The group of the socket's directory (or the socket): who may come in.
+
+    Anyone may stat them, while the config file that names the group may be
+    unreadable to the very user who needs the hint.
+    """
+    for p in (os.path.dirname(path) or ".", path):
+        try:
+            gid = os.stat(p).st_gid
+            if gid != 0:  # root's group says nothing about who administers chatsvc
+                return grp.getgrgid(gid).gr_name
+        except (OSError, KeyError):
+            continue
+    return ""
+
+
 def connect_error(path: str, exc: OSError, group: str = "") -> AdminCliError:
     """A readable error for a failed connect, supervisorctl style."""
     if exc.errno == errno.EAGAIN:  # a non-blocking connect to a full queue
@@ -111,6 +128,7 @@ def connect_error(path: str, exc: OSError, group: str = "") -> AdminCliError:
     if exc.errno == errno.ECONNREFUSED:
         return NotRunning(f"refused connection at {path} — is chatsvc running?")
     if exc.errno in (errno.EACCES, errno.EPERM):
+        group = group or _owning_group(path)
         return PermissionDenied(f"permission denied on {path} — {group_hint(group)}")
     return NotRunning(f"cannot connect to {path}: {exc.strerror or exc}")
 

@@ -96,6 +96,7 @@ class Session:
                     data += recv(BULK_RECV_SIZE, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     pass
+            splitter.limit = self.hub.cfg.limits.max_line_bytes  # a reload applies at once
             for frame in splitter.feed(data):
                 if m.close_reason is not None:  # closing: discard the rest
                     break

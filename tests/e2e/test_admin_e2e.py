@@ -184,6 +184,14 @@ def test_rooms_users_stats(chatsvc_proc: StartProc, cli: Admin, clients: list[Ra
     assert audit["cmd"] == "rooms"
     assert audit["result"] == "ok"
 
+    assert cli.run("kick", "nobody-here").returncode == 1
+    failed = next(
+        e
+        for e in proc.iter_events(10)
+        if e.get("event") == "admin_command" and e.get("cmd") == "kick"
+    )
+    assert (failed["target"], failed["result"]) == ("nobody-here", "not_found")
+
 
 def test_broadcast(chatsvc_proc: StartProc, cli: Admin, clients: list[RawClient]) -> None:
     proc = chatsvc_proc()

@@ -362,3 +362,15 @@ def test_daemon_needs_a_pidfile() -> None:
         [sys.executable, "-m", "chatsvc", "--daemon"], capture_output=True, text=True, timeout=30
     )
     assert r.returncode == 2 and "--pidfile" in r.stderr
+
+
+def test_a_reloaded_line_limit_applies_to_connected_clients_at_once(
+    chatsvc_proc: StartProc, config_file: ConfigFile
+) -> None:
+    srv = chatsvc_proc(max_line_bytes=4096)
+    with logged_in(srv.host, srv.port, "alice") as a:
+        config_file(max_line_bytes=100)
+        srv.proc.send_signal(signal.SIGHUP)
+        srv.wait_event("config_reloaded")
+        a.send("x" * 200)
+        assert a.expect("! ") == "! line too long (max 100 bytes); discarded"

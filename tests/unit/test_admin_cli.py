@@ -1106,3 +1106,26 @@ def test_kick_address_ban_for_a_name_nobody_holds_exits_1(
     rc, out, _ = run(capsys, "--json", *argv)
     assert rc == cli.EXIT_FAILED
     assert json.loads(out) == OFFLINE_BAN
+
+
+def test_the_hint_names_the_group_of_the_socket_directory(short_tmp: Path) -> None:
+    # The config file naming the group may be unreadable to the user who needs
+    # the hint; the directory's group is there for anyone to see.
+    import grp
+
+    group = next((g for g in ("nogroup", "nobody", "daemon") if _has_group(g)), None)
+    if group is None or os.geteuid() != 0:
+        pytest.skip("needs root and a spare group to chown to")
+    os.chown(short_tmp, -1, grp.getgrnam(group).gr_gid)
+    err = cli.connect_error(str(short_tmp / "admin.sock"), PermissionError(errno.EACCES, "x"))
+    assert f"are you in the {group!r} group?" in str(err)
+
+
+def _has_group(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
