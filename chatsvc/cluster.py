@@ -207,6 +207,7 @@ class ClusterBackend:
         self.down_since: Optional[float] = None  # the publisher cannot reach Redis
         self.last_seq: dict[str, int] = {}
         self._inbox_last = "0-0"
+        self._password = read_password(ccfg.password_file)
         self._conn = self._connect()  # for claims (client threads, one at a time)
         self._claim_lock = threading.Lock()
         self._scripts = {
@@ -229,6 +230,7 @@ class ClusterBackend:
     def _connect(self, timeout: Optional[float] = None) -> redis.Redis:
         return redis.Redis.from_url(
             self.cfg.backend,
+            password=self._password,
             socket_timeout=timeout or max(BLOCK_MS / 1000 + 2, self.cfg.lease),
             socket_connect_timeout=2.0,
             decode_responses=True,
@@ -738,6 +740,30 @@ class ClusterBackend:
                         if room in self.hub.rooms:
                             self.publish(room, events.Left(room, name, "error"), None, node)
         self._suspects = suspects
+
+
+CREDENTIAL = "redis-password"
+
+
+def read_password(path: str, environ: Optional[dict[str, str]] = None) -> Optional[str]:
+    """The Redis password: from ``path``, else the systemd credential, else none.
+
+    A password never sits in the config, the unit or the logs: the operator keeps
+    it in a root-only file that systemd hands over (``LoadCredential=``).
+    """
+    env = os.environ if environ is None else environ
+    if not path and env.get("CREDENTIALS_DIRECTORY"):
+        candidate = os.path.join(env["CREDENTIALS_DIRECTORY"], CREDENTIAL)
+        path = candidate if os.path.exists(candidate) else ""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError as exc:
+        raise StartupError(
+            f"cannot read the cluster password file {path}: {exc.strerror}"
+        ) from None
 
 
 def _record(rec: str) -> tuple[str, str, list[str]]:

@@ -46,6 +46,7 @@ RESTART_KEYS = frozenset(
         "admin.mode",
         "admin.group",
         "cluster.backend",
+        "cluster.password_file",
         "cluster.node_id",
         "cluster.key_prefix",
         "cluster.lease",
@@ -105,6 +106,7 @@ class ClusterConfig:
     """``backend`` empty: the embedded single-process mode (no Redis at all)."""
 
     backend: str = ""
+    password_file: str = ""  # empty: $CREDENTIALS_DIRECTORY/redis-password if present
     node_id: str = ""  # empty: HOST:PORT of the listener
     key_prefix: str = "chatsvc:"
     lease: float = 3.0
@@ -284,6 +286,7 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Validator]]] = {
         ClusterConfig,
         {
             "backend": _backend,
+            "password_file": _str,
             "node_id": _pattern(_NODE_ID_RE, "1-64 letters, digits, '_', '-', '.', ':'"),
             "key_prefix": _pattern(_PREFIX_RE, "1-64 letters, digits, '_', '-', '.', ':'"),
             "lease": _number(0.5, 600),

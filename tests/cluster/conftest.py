@@ -38,7 +38,10 @@ def _redis_missing() -> Optional[str]:
 class RedisServer:
     """A real redis-server on a Unix socket in a private directory."""
 
-    def __init__(self, workdir: Path, appendfsync: str = "always") -> None:
+    def __init__(
+        self, workdir: Path, appendfsync: str = "always", password: Optional[str] = None
+    ) -> None:
+        self.password = password
         self.dir = workdir
         self.sock = str(workdir / "redis.sock")
         self.appendfsync = appendfsync
@@ -71,6 +74,7 @@ class RedisServer:
                 self.appendfsync,
                 "--maxmemory-policy",
                 "noeviction",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -81,7 +85,8 @@ class RedisServer:
         import redis
 
         try:
-            return bool(redis.Redis(unix_socket_path=self.sock, socket_timeout=1).ping())
+            conn = redis.Redis(unix_socket_path=self.sock, socket_timeout=1, password=self.password)
+            return bool(conn.ping())
         except redis.RedisError:
             return False
 
@@ -100,7 +105,12 @@ class RedisServer:
     def client(self) -> Any:
         import redis
 
-        return redis.Redis(unix_socket_path=self.sock, socket_timeout=5, decode_responses=True)
+        return redis.Redis(
+            unix_socket_path=self.sock,
+            socket_timeout=5,
+            decode_responses=True,
+            password=self.password,
+        )
 
 
 @pytest.fixture

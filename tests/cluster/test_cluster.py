@@ -251,3 +251,55 @@ def test_embedded_nodes_command_says_not_in_cluster_mode(
     chatsvc_proc()
     out = admin(str(short_tmp / "admin.sock"), "nodes")
     assert out.returncode == 0 and "not in cluster mode" in out.stdout
+
+
+def test_a_password_comes_from_a_file_and_never_reaches_the_log(
+    tmp_path: Path, short_tmp: Path
+) -> None:
+    from tests.cluster.conftest import _redis_missing
+    from tests.e2e.conftest import TEST_DEFAULTS, _sections
+    from tests.e2e.helpers import write_config
+
+    if _redis_missing():
+        pytest.skip(str(_redis_missing()))
+    secret = "s3cret-" + os.urandom(4).hex()
+    redis_dir = short_tmp / "r"
+    redis_dir.mkdir()
+    server = RedisServer(redis_dir, password=secret)
+    server.start()
+    pw = tmp_path / "redis.pass"
+    pw.write_text(secret + "\n")
+    pw.chmod(0o600)
+    settings = {**TEST_DEFAULTS, "level": "info", "socket": str(short_tmp / "p.sock")}
+    settings.update(backend=server.url, password_file=str(pw), node_id="p")
+    proc = ServerProcess(["--config", str(write_config(tmp_path / "p.toml", _sections(settings)))])
+    try:
+        proc.wait_started()
+        with logged_in(proc.host, proc.port, "alice") as alice:
+            alice.send("hi")
+            alice.expect("[lobby] alice: hi")
+        bad = ServerProcess(
+            [
+                "--config",
+                str(
+                    write_config(
+                        tmp_path / "q.toml",
+                        _sections(
+                            {
+                                **settings,
+                                "password_file": "",
+                                "node_id": "q",
+                                "socket": str(short_tmp / "q.sock"),
+                            }
+                        ),
+                    )
+                ),
+            ]
+        )
+        assert bad.wait_exit() != 0
+        assert any("cluster backend" in line for line in bad.raw_lines), bad.raw_lines[-3:]
+        bad.kill()
+    finally:
+        proc.kill()
+        server.kill()
+    assert all(secret not in line for line in proc.raw_lines)
