@@ -243,7 +243,11 @@ class ClusterBackend:
             self._register()
             self._load_remote()
         except redis.RedisError as exc:
-            raise StartupError(f"cannot reach the cluster backend: {exc}") from None
+            hint = ""
+            if self._password is None and ("auth" in str(exc).lower() or "HELLO" in str(exc)):
+                hint = " (no password was given: [cluster] password_file, or the systemd"
+                hint += f" credential {CREDENTIAL})"
+            raise StartupError(f"cannot reach the cluster backend: {exc}{hint}") from None
         for target, name in (
             (self._publisher, "chatsvc-cluster-publisher"),
             (self._reader, "chatsvc-cluster-reader"),
