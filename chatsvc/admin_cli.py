@@ -683,7 +683,8 @@ def find_socket(
             if args.config or env.get(config.ENV_CONFIG):
                 raise
             cfg_socket = _raw_admin_socket(path)
-            warn(f"warning: ignoring config: {exc}")
+            if exc.found != "permission denied":  # not in the group: the error hint says so
+                warn(f"warning: ignoring config: {exc}")
     return resolve_socket(cfg_socket, for_client=True, environ=env), group
 
 
