@@ -34,3 +34,24 @@ def test_quick_fanout_against_seed_delivers_every_message() -> None:
     assert figures["lost"] == 0
     assert figures["p99_ms"] is not None
     assert "| fanout" in proc.stderr  # the comparison table
+
+
+@pytest.mark.timeout(60)
+def test_probe_measures_the_floor_and_a_target_against_it() -> None:
+    argv = [sys.executable, "-m", "bench.probe", "--targets", "seed", "--repeat", "1"]
+    proc = subprocess.run(
+        [*argv, "--receivers", "20", "--rate", "50", "--seconds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["target"], r["status"]) for r in records] == [("floor", "ok"), ("seed", "ok")]
+    floor, seed = records
+    assert floor["delivered"] == floor["expected"] == 50 * 20
+    assert floor["p99_x_floor"] == 1.0
+    assert seed["p99_x_floor"] == round(seed["p99_ms"] / floor["p99_ms"], 2)
+    assert "| seed | 1 |" in proc.stderr  # the summary table
