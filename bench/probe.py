@@ -8,16 +8,22 @@ it reports is send-to-arrival time: the server plus loopback TCP, not the
 reader.  One sender process sends at a fixed rate; one process with epoll
 reads all receivers.
 
-The ``floor`` target has no server: the sender process holds the other ends
-of the receivers' connections and sends each line to all of them itself, one
-``send`` per receiver in a tight loop, at the same rate and for the same time.
-That is what one process needs just to get a line into R loopback sockets on
-this machine at this moment.  Each round runs the floor and then every target,
-and each target's p99 is also given as a multiple of that round's floor p99,
-which is the figure to compare across runs and machines.
+The floor: the same sender process also holds the other ends of R more
+connections to the reading process (no server in between), and every other
+message (``--turn``) goes to them instead of to the server: the sender itself
+sends the line to all R, one ``send`` per receiver in a tight loop.  That is
+what one process needs just to get a line into R loopback sockets on this
+machine at this moment.  Floor and server take turns at the same rate, 5 ms
+apart, so both meet the same load from whatever else the machine runs (a
+floor measured in a separate run did not: on a shared 2-core machine its p99
+moved between 1.5 and 20 ms from one minute to the next).  Each target's p99
+is also given as a multiple of the floor's p99 from the same run
+(``p99_x_floor``), the figure to compare across runs and machines.
+``cpu_pressure_pct`` is the share of the run during which some task on the
+machine waited for a CPU (/proc/pressure/cpu); high values mean a noisy run.
 
 Bounded: per run, at most 10 s to connect and log in, ``--seconds`` of traffic
-and a 10 s drain.
+(half of it the floor's) and a 10 s drain.
 """
 
 from __future__ import annotations
@@ -32,8 +38,6 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,7 +45,6 @@ from bench.targets import HOST, make_target
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux value; not exported by 3.9
 TIMESPEC = struct.Struct("qq")
-FLOOR = "floor"
 DEFAULT_TARGETS = "chatsvc,ngircd,seed"
 LOGIN_SECONDS = 10.0
 DRAIN_SECONDS = 10.0
@@ -66,14 +69,34 @@ def login(port: int, name: str, irc: bool) -> socket.socket:
     return s
 
 
-def sender(port: int, irc: bool, rate: float, seconds: float, go: Any) -> None:
+def is_floor(k: int, turn: int) -> bool:
+    """Message k goes to the floor's receivers (odd turns) or to the server."""
+    return (k // turn) % 2 == 1
+
+
+def sender(
+    port: int, floor_port: int, irc: bool, receivers: int, plan: tuple[float, float, int], go: Any
+) -> None:
+    rate, seconds, turn = plan
     s = login(port, "probe_sender", irc)
+    floor = []
+    for _ in range(receivers):
+        f = socket.create_connection((HOST, floor_port), timeout=LOGIN_SECONDS)
+        f.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        floor.append(f)
+    floor_sends = [f.send for f in floor]
     go.wait(30)
     t0 = time.monotonic()
     for k in range(int(rate * seconds)):
         delay = t0 + k / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+        if is_floor(k, turn):
+            # the line chatsvc's receivers get, stamped just before the first send
+            line = f"[lobby] probe_sender: TS={time.time_ns() // 1000} probe\n".encode()
+            for send in floor_sends:
+                send(line)
+            continue
         text = f"TS={time.time_ns() // 1000} probe"
         s.sendall((f"PRIVMSG #lobby :{text}\r\n" if irc else text + "\n").encode())
         try:  # our own echo (chatsvc) must not pile up
@@ -82,106 +105,94 @@ def sender(port: int, irc: bool, rate: float, seconds: float, go: Any) -> None:
         except BlockingIOError:
             pass
     s.close()
+    for f in floor:
+        f.close()
 
 
-def floor_sender(port: int, receivers: int, rate: float, seconds: float, go: Any) -> None:
-    """The floor: this process sends every line to every receiver itself."""
-    socks = []
-    for _ in range(receivers):
-        s = socket.create_connection((HOST, port), timeout=LOGIN_SECONDS)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        socks.append(s)
-    sends = [s.send for s in socks]
-    go.wait(30)
-    t0 = time.monotonic()
-    for k in range(int(rate * seconds)):
-        delay = t0 + k / rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        # the line chatsvc's receivers get, stamped just before the first send
-        line = f"[lobby] probe_sender: TS={time.time_ns() // 1000} probe\n".encode()
-        for send in sends:
-            send(line)
-    for s in socks:
-        s.close()
-
-
-@contextmanager
-def floor_receivers(
-    target: str, receivers: int, rate: float, seconds: float, go: Any
-) -> Iterator[tuple[list[socket.socket], Any]]:
-    """Accepted ends of the floor sender's connections, and the sender process."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind((HOST, 0))
-        listener.listen(receivers)
-        port = listener.getsockname()[1]
-        proc = multiprocessing.Process(
-            target=floor_sender, args=(port, receivers, rate, seconds, go), daemon=True
-        )
-        proc.start()
-        listener.settimeout(LOGIN_SECONDS)
-        socks = [listener.accept()[0] for _ in range(receivers)]
-        try:
-            yield socks, proc
-        finally:
-            for s in socks:
-                s.close()
-
-
-@contextmanager
-def server_receivers(
-    target: str, receivers: int, rate: float, seconds: float, go: Any
-) -> Iterator[tuple[list[socket.socket], Any]]:
-    """Receivers logged in to a fresh server, and a sender process logging in too."""
+def run(target: str, receivers: int, rate: float, seconds: float, turn: int) -> dict[str, Any]:
     name, _, module = target.partition(":")
     irc = name == "ngircd"
+    total = int(rate * seconds)
+    to_floor = sum(is_floor(k, turn) for k in range(total))
+    go = multiprocessing.Event()
+    plan = (rate, seconds, turn)
     server = make_target(name, module or "chatsvc")
     with tempfile.TemporaryDirectory() as work, server.running(Path(work)) as ep:
         socks = [login(ep.port, f"probe{i}", irc) for i in range(receivers)]
-        try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+            listener.bind((HOST, 0))
+            listener.listen(receivers)
+            listener.settimeout(LOGIN_SECONDS)
             proc = multiprocessing.Process(
-                target=sender, args=(ep.port, irc, rate, seconds, go), daemon=True
+                target=sender,
+                args=(ep.port, listener.getsockname()[1], irc, receivers, plan, go),
+                daemon=True,
             )
             proc.start()
-            yield socks, proc
-        finally:
-            for s in socks:
-                s.close()
-
-
-def run(target: str, receivers: int, rate: float, seconds: float) -> dict[str, Any]:
-    go = multiprocessing.Event()
-    rig = floor_receivers if target == FLOOR else server_receivers
-    expected = int(rate * seconds) * receivers
-    with rig(target, receivers, rate, seconds, go) as (socks, proc):
-        try:
-            latencies = collect(socks, go, expected, seconds + DRAIN_SECONDS)
-        finally:
-            proc.join(DRAIN_SECONDS)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(1)
-    latencies.sort()
-
-    def pct(q: float) -> float:
-        return round(latencies[int(q * (len(latencies) - 1))] / 1000, 3) if latencies else -1.0
-
-    return {
+            try:
+                floor = [listener.accept()[0] for _ in range(receivers)]
+                socks += floor
+                expected = (total - to_floor) * receivers, to_floor * receivers
+                pressure = cpu_pressure_us(), time.monotonic()
+                got = collect(socks, floor, go, expected, seconds + DRAIN_SECONDS)
+                waited = cpu_pressure_us() - pressure[0] if pressure[0] >= 0 else -1
+                elapsed = time.monotonic() - pressure[1]
+            finally:
+                for s in socks:
+                    s.close()
+                proc.join(DRAIN_SECONDS)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(1)
+    record: dict[str, Any] = {
         "probe": "fanout",
         "target": target,
         "receivers": receivers,
         "rate": rate,
         "seconds": seconds,
-        "delivered": len(latencies),
-        "expected": expected,
-        "p50_ms": pct(0.5),
-        "p99_ms": pct(0.99),
-        "max_ms": round(latencies[-1] / 1000, 3) if latencies else -1.0,
+        "turn": turn,
     }
+    for prefix, latencies, want in (("", got[0], expected[0]), ("floor_", got[1], expected[1])):
+        latencies.sort()
+        record.update(
+            {
+                f"{prefix}delivered": len(latencies),
+                f"{prefix}expected": want,
+                f"{prefix}p50_ms": percentile(latencies, 0.5),
+                f"{prefix}p99_ms": percentile(latencies, 0.99),
+                f"{prefix}max_ms": percentile(latencies, 1.0),
+            }
+        )
+    if waited >= 0:
+        record["cpu_pressure_pct"] = round(100 * waited / 1e6 / elapsed, 1)
+    if record["floor_p99_ms"] > 0 and record["p99_ms"] > 0:
+        record["p99_x_floor"] = round(record["p99_ms"] / record["floor_p99_ms"], 2)
+    return record
 
 
-def collect(socks: list[socket.socket], go: Any, expected: int, seconds: float) -> list[int]:
-    """Latencies in µs (kernel arrival minus send time in the line) until all or ``seconds``."""
+def cpu_pressure_us() -> int:
+    """Microseconds for which some task waited for a CPU since boot; -1 if unknown."""
+    try:
+        with open("/proc/pressure/cpu", encoding="ascii") as f:
+            some = f.readline().split()
+    except OSError:
+        return -1
+    return int(some[-1].partition("=")[2]) if some and some[0] == "some" else -1
+
+
+def percentile(sorted_us: list[int], q: float) -> float:
+    """In ms; -1 when there is nothing to measure."""
+    return round(sorted_us[int(q * (len(sorted_us) - 1))] / 1000, 3) if sorted_us else -1.0
+
+
+def collect(
+    socks: list[socket.socket],
+    floor: list[socket.socket],
+    go: Any,
+    expected: tuple[int, int],
+    seconds: float,
+) -> tuple[list[int], list[int]]:
+    """Latencies in µs (kernel arrival minus send time in the line): server's, floor's."""
     poller = select.epoll()
     by_fd: dict[int, socket.socket] = {}
     for s in socks:
@@ -189,13 +200,15 @@ def collect(socks: list[socket.socket], go: Any, expected: int, seconds: float) 
         s.setblocking(False)
         poller.register(s.fileno(), select.EPOLLIN)
         by_fd[s.fileno()] = s
-    latencies: list[int] = []
+    floor_fds = {s.fileno() for s in floor}
+    latencies: tuple[list[int], list[int]] = ([], [])
     partial: dict[int, bytes] = {}
     ancillary = socket.CMSG_SPACE(TIMESPEC.size)
+    want = sum(expected)
     go.set()
     deadline = time.monotonic() + seconds
     try:
-        while len(latencies) < expected and time.monotonic() < deadline:
+        while len(latencies[0]) + len(latencies[1]) < want and time.monotonic() < deadline:
             for fd, _ in poller.poll(0.5):
                 data, anc, _, _ = by_fd[fd].recvmsg(65536, ancillary)
                 arrived = time.time_ns() // 1000
@@ -204,10 +217,11 @@ def collect(socks: list[socket.socket], go: Any, expected: int, seconds: float) 
                         sec, nsec = TIMESPEC.unpack(payload[: TIMESPEC.size])
                         arrived = (sec * 1_000_000_000 + nsec) // 1000
                 *lines, partial[fd] = (partial.get(fd, b"") + data).split(b"\n")
+                into = latencies[fd in floor_fds]
                 for line in lines:
                     at = line.find(b"TS=")
                     if at >= 0:
-                        latencies.append(arrived - int(line[at + 3 :].split(b" ", 1)[0]))
+                        into.append(arrived - int(line[at + 3 :].split(b" ", 1)[0]))
     finally:
         poller.close()
     return latencies
@@ -216,24 +230,25 @@ def collect(socks: list[socket.socket], go: Any, expected: int, seconds: float) 
 def summary(records: list[dict[str, Any]]) -> str:
     """Medians over the rounds, as a Markdown table."""
     rows = [
-        "| target | runs | delivered | p50 ms | p99 ms | max ms | p99 / floor p99 |",
-        "|---|---|---|---|---|---|---|",
+        "| target | runs | delivered | p50 ms | p99 ms | floor p50 ms | floor p99 ms"
+        " | p99 / floor p99 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    order: dict[str, None] = dict.fromkeys(r["target"] for r in records)
-    for target in order:
-        mine = [r for r in records if r["target"] == target and r.get("status") == "ok"]
+    for target in dict.fromkeys(r["target"] for r in records):
+        mine = [r for r in records if r["target"] == target and r["status"] == "ok"]
         if not mine:
-            rows.append(f"| {target} | 0 | skipped or failed | | | | |")
+            rows.append(f"| {target} | 0 | skipped or failed | | | | | |")
             continue
-        ratios = [r["p99_x_floor"] for r in mine if r.get("p99_x_floor") is not None]
         delivered = sum(r["delivered"] for r in mine)
         expected = sum(r["expected"] for r in mine)
+        figures = [
+            _median(r[key] for r in mine)
+            for key in ("p50_ms", "p99_ms", "floor_p50_ms", "floor_p99_ms", "p99_x_floor")
+        ]
         rows.append(
-            f"| {target} | {len(mine)} | {delivered:,}/{expected:,}"
-            f" | {_median(r['p50_ms'] for r in mine)}"
-            f" | {_median(r['p99_ms'] for r in mine)}"
-            f" | {_median(r['max_ms'] for r in mine)}"
-            f" | {(str(_median(ratios)) + 'x') if ratios else '-'} |"
+            f"| {target} | {len(mine)} | {delivered:,}/{expected:,} | "
+            + " | ".join(map(str, figures[:-1]))
+            + f" | {figures[-1]}x |"
         )
     return "\n".join(rows)
 
@@ -251,47 +266,44 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument(
         "--targets",
         default=DEFAULT_TARGETS,
-        help=f"compared with the floor, which always runs first (default {DEFAULT_TARGETS});"
-        " chatsvc:MODULE runs another copy of chatsvc, importable as MODULE",
+        help=f"default {DEFAULT_TARGETS}; chatsvc:MODULE runs another copy of chatsvc,"
+        " importable as MODULE",
     )
     p.add_argument("--receivers", type=int, default=200)
     p.add_argument("--rate", type=float, default=200.0)
-    p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--repeat", type=int, default=2, help="rounds: the floor, then each target")
+    p.add_argument("--seconds", type=float, default=6.0, help="traffic per run, floor included")
+    p.add_argument("--turn", type=int, default=1, help="messages before floor and server swap")
+    p.add_argument("--repeat", type=int, default=2, help="rounds over the targets")
     args = p.parse_args(argv)
-    targets = [t.strip() for t in args.targets.split(",") if t.strip() and t.strip() != FLOOR]
     records: list[dict[str, Any]] = []
     for _ in range(args.repeat):
-        floor_p99: Optional[float] = None
-        for target in [FLOOR, *targets]:
-            record = measure(target, args)
-            if target == FLOOR and record["status"] == "ok":
-                floor_p99 = record["p99_ms"]
-            if record["status"] == "ok" and floor_p99:
-                record["p99_x_floor"] = round(record["p99_ms"] / floor_p99, 2)
-            records.append(record)
-            print(json.dumps(record), flush=True)
+        for target in (t.strip() for t in args.targets.split(",")):
+            if target:
+                record = measure(target, args)
+                records.append(record)
+                print(json.dumps(record), flush=True)
     print("\n" + summary(records), file=sys.stderr)
     return 1 if any(r["status"] == "failed" for r in records) else 0
 
 
 def measure(target: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One run as a record with a ``status``: ok, skipped (with why) or failed (with error)."""
-    if target != FLOOR:
-        try:
-            unavailable = make_target(target.partition(":")[0]).unavailable()
-        except ValueError as exc:
-            return {"target": target, "status": "failed", "error": str(exc)}
-        module = target.partition(":")[2]
-        if module and not unavailable:
-            unavailable = make_target("chatsvc", module).unavailable()
-        if unavailable:
-            return {"target": target, "status": "skipped", "why": unavailable}
+    """One run as a record with a ``status``: ok, incomplete, skipped (why) or failed (error)."""
+    name, _, module = target.partition(":")
     try:
-        record = run(target, args.receivers, args.rate, args.seconds)
+        unavailable = make_target(name, module or "chatsvc").unavailable()
+    except ValueError as exc:
+        return {"target": target, "status": "failed", "error": str(exc)}
+    if unavailable:
+        return {"target": target, "status": "skipped", "why": unavailable}
+    try:
+        record = run(target, args.receivers, args.rate, args.seconds, max(1, args.turn))
     except Exception as exc:  # one failed run must not stop the others
         return {"target": target, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    record["status"] = "ok" if record["delivered"] == record["expected"] else "incomplete"
+    complete = (record["delivered"], record["floor_delivered"]) == (
+        record["expected"],
+        record["floor_expected"],
+    )
+    record["status"] = "ok" if complete and "p99_x_floor" in record else "incomplete"
     return record
 
 
