@@ -22,6 +22,12 @@ is also given as a multiple of the floor's p99 from the same run
 ``cpu_pressure_pct`` is the share of the run during which some task on the
 machine waited for a CPU (/proc/pressure/cpu); high values mean a noisy run.
 
+The ratio of two p99s still moves with the load (noise shared by both pulls
+it toward 1).  A steadier figure pairs messages: for each server message, the
+time until its last receiver had it, minus the same for the floor message
+sent 5 ms away (``last_excess_p50_ms`` and p90, p99): what the server adds to
+the fan-out, with the load common to both taken out.
+
 Bounded: per run, at most 10 s to connect and log in, ``--seconds`` of traffic
 (half of it the floor's) and a 10 s drain.
 """
@@ -29,6 +35,7 @@ Bounded: per run, at most 10 s to connect and log in, ``--seconds`` of traffic
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import multiprocessing
 import select
@@ -134,7 +141,7 @@ def run(target: str, receivers: int, rate: float, seconds: float, turn: int) -> 
                 socks += floor
                 expected = (total - to_floor) * receivers, to_floor * receivers
                 pressure = cpu_pressure_us(), time.monotonic()
-                got = collect(socks, floor, go, expected, seconds + DRAIN_SECONDS)
+                got, last = collect(socks, floor, go, expected, seconds + DRAIN_SECONDS)
                 waited = cpu_pressure_us() - pressure[0] if pressure[0] >= 0 else -1
                 elapsed = time.monotonic() - pressure[1]
             finally:
@@ -163,11 +170,28 @@ def run(target: str, receivers: int, rate: float, seconds: float, turn: int) -> 
                 f"{prefix}max_ms": percentile(latencies, 1.0),
             }
         )
+    excess = sorted(excess_over_floor(*last))
+    for q in (0.5, 0.9, 0.99):
+        record[f"last_excess_p{round(q * 100)}_ms"] = percentile(excess, q)
     if waited >= 0:
         record["cpu_pressure_pct"] = round(100 * waited / 1e6 / elapsed, 1)
     if record["floor_p99_ms"] > 0 and record["p99_ms"] > 0:
         record["p99_x_floor"] = round(record["p99_ms"] / record["floor_p99_ms"], 2)
     return record
+
+
+def excess_over_floor(server: dict[int, int], floor: dict[int, int]) -> list[int]:
+    """For each server message: when its last receiver got it, minus the same for
+    the floor message sent nearest in time (5 ms away), in µs.  Load that lasts
+    longer than that delays both alike and cancels out."""
+    times = sorted(floor)
+    excess = []
+    for sent, arrived in server.items():
+        i = bisect.bisect_left(times, sent)
+        near = min(times[max(0, i - 1) : i + 1], key=lambda t: abs(t - sent), default=None)
+        if near is not None:
+            excess.append((arrived - sent) - (floor[near] - near))
+    return excess
 
 
 def cpu_pressure_us() -> int:
@@ -191,8 +215,9 @@ def collect(
     go: Any,
     expected: tuple[int, int],
     seconds: float,
-) -> tuple[list[int], list[int]]:
-    """Latencies in µs (kernel arrival minus send time in the line): server's, floor's."""
+) -> tuple[tuple[list[int], list[int]], tuple[dict[int, int], dict[int, int]]]:
+    """Latencies in µs (kernel arrival minus send time in the line), server's and
+    floor's; and for each message sent (by its send time) the latest arrival."""
     poller = select.epoll()
     by_fd: dict[int, socket.socket] = {}
     for s in socks:
@@ -202,6 +227,7 @@ def collect(
         by_fd[s.fileno()] = s
     floor_fds = {s.fileno() for s in floor}
     latencies: tuple[list[int], list[int]] = ([], [])
+    last: tuple[dict[int, int], dict[int, int]] = ({}, {})  # send time -> latest arrival
     partial: dict[int, bytes] = {}
     ancillary = socket.CMSG_SPACE(TIMESPEC.size)
     want = sum(expected)
@@ -217,38 +243,49 @@ def collect(
                         sec, nsec = TIMESPEC.unpack(payload[: TIMESPEC.size])
                         arrived = (sec * 1_000_000_000 + nsec) // 1000
                 *lines, partial[fd] = (partial.get(fd, b"") + data).split(b"\n")
-                into = latencies[fd in floor_fds]
+                into, latest = latencies[fd in floor_fds], last[fd in floor_fds]
                 for line in lines:
                     at = line.find(b"TS=")
                     if at >= 0:
-                        into.append(arrived - int(line[at + 3 :].split(b" ", 1)[0]))
+                        sent = int(line[at + 3 :].split(b" ", 1)[0])
+                        into.append(arrived - sent)
+                        if arrived > latest.get(sent, 0):
+                            latest[sent] = arrived
     finally:
         poller.close()
-    return latencies
+    return latencies, last
 
 
 def summary(records: list[dict[str, Any]]) -> str:
     """Medians over the rounds, as a Markdown table."""
     rows = [
         "| target | runs | delivered | p50 ms | p99 ms | floor p50 ms | floor p99 ms"
-        " | p99 / floor p99 |",
-        "|---|---|---|---|---|---|---|---|",
+        " | p99 / floor p99 | last-arrival excess p50 / p90 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for target in dict.fromkeys(r["target"] for r in records):
         mine = [r for r in records if r["target"] == target and r["status"] == "ok"]
         if not mine:
-            rows.append(f"| {target} | 0 | skipped or failed | | | | | |")
+            rows.append(f"| {target} | 0 | skipped or failed | | | | | | |")
             continue
         delivered = sum(r["delivered"] for r in mine)
         expected = sum(r["expected"] for r in mine)
         figures = [
             _median(r[key] for r in mine)
-            for key in ("p50_ms", "p99_ms", "floor_p50_ms", "floor_p99_ms", "p99_x_floor")
+            for key in (
+                "p50_ms",
+                "p99_ms",
+                "floor_p50_ms",
+                "floor_p99_ms",
+                "p99_x_floor",
+                "last_excess_p50_ms",
+                "last_excess_p90_ms",
+            )
         ]
         rows.append(
             f"| {target} | {len(mine)} | {delivered:,}/{expected:,} | "
-            + " | ".join(map(str, figures[:-1]))
-            + f" | {figures[-1]}x |"
+            + " | ".join(map(str, figures[:4]))
+            + f" | {figures[4]}x | {figures[5]} / {figures[6]} |"
         )
     return "\n".join(rows)
 
