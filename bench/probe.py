@@ -16,14 +16,14 @@ what one process needs just to get a line into R loopback sockets on this
 machine at this moment.  Floor and server take turns at the same rate, 5 ms
 apart, so both meet the same load from whatever else the machine runs (a
 floor measured in a separate run did not: on a shared 2-core machine its p99
-moved between 1.5 and 20 ms from one minute to the next).  Each target's p99
+moved between 1.8 and 25 ms from one minute to the next).  Each target's p99
 is also given as a multiple of the floor's p99 from the same run
 (``p99_x_floor``), the figure to compare across runs and machines.
 ``cpu_pressure_pct`` is the share of the run during which some task on the
 machine waited for a CPU (/proc/pressure/cpu); high values mean a noisy run.
 
 The ratio of two p99s still moves with the load (noise shared by both pulls
-it toward 1).  A steadier figure pairs messages: for each server message, the
+it toward 1).  Another figure pairs messages: for each server message, the
 time until its last receiver had it, minus the same for the floor message
 sent 5 ms away (``last_excess_p50_ms`` and p90, p99): what the server adds to
 the fan-out, with the load common to both taken out.
