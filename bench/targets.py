@@ -174,7 +174,10 @@ class ChatsvcTarget(Target):
 
     def command(self, workdir: Path) -> tuple[list[str], Optional[int]]:
         config = workdir / "bench.toml"
-        config.write_text(CHATSVC_CONFIG, encoding="utf-8")
+        # Its own admin socket: the default path is per user, and another chatsvc
+        # (a test run, a second bench) may hold it.
+        admin = f'\n[admin]\nsocket = "{workdir / "admin.sock"}"\n'
+        config.write_text(CHATSVC_CONFIG + admin, encoding="utf-8")
         argv = [sys.executable, "-m", self.module, "--config", str(config), "--port", "0"]
         return argv, None
 

@@ -34,3 +34,25 @@ def test_quick_fanout_against_seed_delivers_every_message() -> None:
     assert figures["lost"] == 0
     assert figures["p99_ms"] is not None
     assert "| fanout" in proc.stderr  # the comparison table
+
+
+@pytest.mark.timeout(60)
+def test_probe_measures_a_target_against_the_floor_in_the_same_run() -> None:
+    argv = [sys.executable, "-m", "bench.probe", "--targets", "seed", "--repeat", "1"]
+    proc = subprocess.run(
+        [*argv, "--receivers", "20", "--rate", "100", "--seconds", "1", "--turn", "10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["target"], r["status"]) for r in records] == [("seed", "ok")], proc.stdout
+    (seed,) = records
+    # 100 messages in blocks of 10, taking turns: half to the server, half to the floor
+    assert seed["delivered"] == seed["expected"] == 50 * 20
+    assert seed["floor_delivered"] == seed["floor_expected"] == 50 * 20
+    assert seed["p99_x_floor"] == round(seed["p99_ms"] / seed["floor_p99_ms"], 2)
+    assert "| seed | 1 |" in proc.stderr  # the summary table
