@@ -214,6 +214,17 @@ def test_chat_is_echoed_to_the_sender_and_the_room(chat: Chat) -> None:
     alice.expect("[lobby] bob: /slash")
 
 
+def test_every_member_sees_the_room_lines_in_the_same_order(chat: Chat) -> None:
+    clients = [chat.login(name) for name in ("ann", "ben", "cat", "dan")]
+    for c in clients:  # four reader threads race to say their lines
+        c.send_raw(b"".join(b"%d\n" % i for i in range(50)))
+    seen = [[c.read_line() for _ in range(200)] for c in clients]
+    assert all(s == seen[0] for s in seen[1:])
+    for c in clients:  # and each sender's own lines keep their order
+        mine = [x for x in seen[0] if x and x.startswith(f"[lobby] {c.member.name}: ")]
+        assert mine == [f"[lobby] {c.member.name}: {i}" for i in range(50)]
+
+
 def test_join_moves_rooms_and_tells_both(chat: Chat) -> None:
     alice = chat.login("alice")
     bob = chat.login("bob")
@@ -447,14 +458,25 @@ def test_bye_says_goodbye_then_eof(chat: Chat, word: str) -> None:
     assert chat.hub.names() == ["bob"]
 
 
-def test_client_eof_removes_the_member_with_reason_eof(chat: Chat) -> None:
+def test_client_eof_removes_the_member_with_reason_eof(
+    chat: Chat, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bob = chat.login("bob")
     alice = chat.login("alice")
+    removed: list[tuple[Member, str]] = []
+    remove = chat.hub.remove
+
+    def spy(m: Member, reason: str) -> str:
+        removed.append((m, reason))
+        return remove(m, reason)
+
+    monkeypatch.setattr(chat.hub, "remove", spy)
     alice.send("last words")
     alice.sock.shutdown(socket.SHUT_WR)  # a half-close: it can still read
     alice.expect("[lobby] alice: last words")
     assert alice.expect_eof() == []
     alice.wait_ended()
+    assert removed == [(alice.member, "eof")]
     assert alice.member.close_reason == "eof"
     assert chat.hub.drops == {"eof": 1}
     assert chat.hub.names() == ["bob"]
@@ -482,6 +504,15 @@ def test_client_reset_ends_the_session_with_reason_error(chat: Chat) -> None:
     assert alice.member.close_reason == "error"
     assert chat.hub.drops == {"error": 1}
     bob.expect("* alice left lobby (connection lost)")
+
+
+def test_login_timeout_from_the_reaper_ends_the_session(chat: Chat) -> None:
+    c = chat.connect()
+    assert chat.hub.reap(time.monotonic() + 31) == [c.member]  # login_timeout is 30 s
+    c.send("too late")  # discarded: closing began
+    assert c.expect_eof() == ["! no name given in time; closing"]
+    c.wait_ended()  # the linger ended, and with it the reader's recv
+    assert chat.hub.drops == {"login_timeout": 1}
 
 
 def test_a_bug_in_a_command_handler_ends_only_that_session(
