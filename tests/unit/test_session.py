@@ -93,9 +93,9 @@ class Client:
 class Chat:
     """A hub, one writer thread and any number of sessions."""
 
-    def __init__(self, **limits: Any) -> None:
+    def __init__(self, linger: float = LINGER, **limits: Any) -> None:
         self.hub = Hub(config.with_overrides(config.Config(), limits={**OPEN_FLOOD, **limits}))
-        self.writer = OutboundWriter(self.hub, linger=LINGER, flush_timeout=WAIT, name="t-writer")
+        self.writer = OutboundWriter(self.hub, linger=linger, flush_timeout=WAIT, name="t-writer")
         self.writer.start()
         self.clients: list[Client] = []
 
@@ -133,8 +133,8 @@ class Chat:
 def make_chat() -> Iterator[Callable[..., Chat]]:
     made: list[Chat] = []
 
-    def make(**limits: Any) -> Chat:
-        chat = Chat(**limits)
+    def make(linger: float = LINGER, **limits: Any) -> Chat:
+        chat = Chat(linger, **limits)
         made.append(chat)
         return chat
 
@@ -513,6 +513,45 @@ def test_login_timeout_from_the_reaper_ends_the_session(chat: Chat) -> None:
     assert c.expect_eof() == ["! no name given in time; closing"]
     c.wait_ended()  # the linger ended, and with it the reader's recv
     assert chat.hub.drops == {"login_timeout": 1}
+
+
+def still_drained(c: Client) -> None:
+    """The server closed ``c`` and it saw EOF; while the linger lasts, its reader still
+    reads (and discards) what the client sends, so unread input never turns the close
+    into a reset that could destroy the final line.  Then the client closes."""
+    c.sock.settimeout(WAIT)
+    c.sock.sendall(b"still typing\n" * 100_000)  # far more than the socket buffers hold
+    c.sock.close()
+    c.wait_ended()
+
+
+def test_a_kicked_client_still_sending_is_drained_during_the_linger(
+    make_chat: Callable[..., Chat],
+) -> None:
+    chat = make_chat(linger=3 * WAIT)  # the client's close, not the linger, ends it
+    alice = chat.login("alice")
+    chat.hub.kick("alice", "spam")
+    assert alice.expect_eof() == ["* you were kicked: spam"]
+    still_drained(alice)
+    assert chat.hub.drops == {"kicked": 1}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="after the fifth refused name Session._login returns at once (session.py, after "
+    "hub.close(m, 'name_rejected', ...)), so the reader ends without draining: the writer "
+    "closes the socket with the client's input unread (a reset over TCP) instead of "
+    "lingering like every other server-side close",
+)
+def test_a_client_refused_five_names_still_sending_is_drained_during_the_linger(
+    make_chat: Callable[..., Chat],
+) -> None:
+    chat = make_chat(linger=3 * WAIT)
+    c = chat.connect()
+    c.send_raw(b"".join(b"bad name %d\n" % i for i in range(5)))
+    assert c.expect_eof()[-1] == "! too many rejected names; closing"
+    still_drained(c)
+    assert chat.hub.drops == {"name_rejected": 1}
 
 
 def test_a_bug_in_a_command_handler_ends_only_that_session(
