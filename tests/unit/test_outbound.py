@@ -727,3 +727,41 @@ def test_writer_thread_gives_up_a_flush_on_a_real_timeout(
     wait_until(lambda: unsent(hub, c) == 0, "the queue dropped")
     got = c.client.until_eof()
     assert big_line().startswith(got) and len(got) < len(big_line())
+
+
+def test_idle_writer_thread_is_woken_for_every_line(
+    hub: Hub, writer: OutboundWriter, connect: Callable[..., Conn]
+) -> None:
+    c = connect("alice")
+    writer.start()
+    c.client.line("* hello alice, you are in lobby")
+    for i in range(200):  # each time the thread sleeps in poll with no deadline
+        hub.tell(c.member, events.Announcement(str(i)))
+        c.client.line(f"* {i}")
+    wait_until(lambda: unsent(hub, c) == 0, "the queue accounted for")
+
+
+def test_writer_thread_keeps_order_and_accounting_under_concurrent_senders(
+    hub: Hub, writer: OutboundWriter, connect: Callable[..., Conn]
+) -> None:
+    conns = [connect(name) for name in ("ann", "ben", "cat", "dan")]
+    writer.start()
+    for c in conns:
+        c.client.line(f"* hello {c.member.name}, you are in lobby")
+        c.client.available()  # (the join lines of those after it)
+    lines = 500
+
+    def tell_all(c: Conn) -> None:
+        for i in range(lines):
+            hub.tell(c.member, events.Announcement(f"{c.member.name} {i}"))
+
+    threads = [threading.Thread(target=tell_all, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for c in conns:
+        got = c.client.read(sum(len(f"* {c.member.name} {i}\n") for i in range(lines)))
+        assert got.decode().splitlines() == [f"* {c.member.name} {i}" for i in range(lines)]
+    for t in threads:
+        t.join(WAIT)
+        assert not t.is_alive()
+    wait_until(lambda: all(unsent(hub, c) == 0 for c in conns), "the queues accounted for")

@@ -44,6 +44,7 @@ class Client:
         self.eof = False
 
     def send_raw(self, data: bytes) -> None:
+        self.sock.settimeout(WAIT)  # (a read may have left a shorter one)
         self.sock.sendall(data)
 
     def send(self, line: str) -> None:
