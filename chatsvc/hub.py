@@ -141,7 +141,7 @@ class Batch(NamedTuple):
 
     sends: list[tuple[Member, bytes]]
     closes: list[tuple[Member, bool]]  # (member, flush first)
-    retires: list[tuple[Member, bool, bool]]  # (member, flush first, more bytes coming)
+    retires: list[tuple[Member, bool]]  # (member, flush first)
     stop: bool
 
 
@@ -849,7 +849,7 @@ class Hub:
                     sends.append((m, b"".join(out) if len(out) > 1 else out[0]))
                     m.outbox = []
             closes = [(m, m.close_flush) for m in box.to_close]
-            retires = [(m, m.close_flush, m.scheduled) for m in box.to_retire]
+            retires = [(m, m.close_flush) for m in box.to_retire]
             box.to_send, box.to_close, box.to_retire = [], [], []
             return Batch(sends, closes, retires, box.stop)
 

@@ -139,8 +139,8 @@ class OutboundWriter:
             elif k.gone and not k.wbuf and k.state == FLUSHING:
                 self._close(m)
         self._check_timed(done)
-        for m, flush, more in batch.retires:
-            self._retire(m, flush, more)
+        for m, flush in batch.retires:
+            self._retire(m, flush, done)
         if done:
             self.hub.sent(done)
         return not batch.stop
@@ -153,7 +153,13 @@ class OutboundWriter:
 
     def _send(self, m: Member, done: list[tuple[Member, int]]) -> None:
         k = link_of(m)
-        if not k.wbuf or k.state >= SHUT:
+        if not k.wbuf:
+            return
+        if k.state >= LINGERING:
+            # Queued after the final line (a reply the reader was still making):
+            # the socket is shut for writing, a send would only end the linger.
+            done.append((m, len(k.wbuf)))
+            k.wbuf = b""
             return
         try:
             n = k.sock.send(k.wbuf, _SEND_FLAGS)
@@ -165,6 +171,8 @@ class OutboundWriter:
             k.wbuf = b""
             self._unpoll(m)
             _shutdown(k, socket.SHUT_RDWR)
+            if k.gone:  # nobody left to wait for: free the descriptor now
+                self._close(m)
             return
         if n:
             done.append((m, n))
@@ -238,16 +246,18 @@ class OutboundWriter:
             if k.gone:
                 self._close(m)
 
-    def _retire(self, m: Member, flush: bool, more: bool) -> None:
+    def _retire(self, m: Member, flush: bool, done: list[tuple[Member, int]]) -> None:
         """The reader has ended.  Close now, or once what is queued is delivered."""
         k = link_of(m)
-        if flush and k.state in (OPEN, FLUSHING) and (k.wbuf or more):
+        if flush and k.state in (OPEN, FLUSHING) and k.wbuf:
             k.gone = True
             if k.state == OPEN:
                 k.state = FLUSHING
                 k.deadline = time.monotonic() + self.flush_timeout
                 self._timed[m] = None
             return
+        if k.wbuf:
+            done.append((m, len(k.wbuf)))  # never sent: out of the queue count
         self._close(m)
 
     def _close(self, m: Member) -> None:

@@ -158,6 +158,8 @@ class Session:
             tries += 1
             if tries >= protocol.MAX_NAME_TRIES:
                 self.hub.close(m, "name_rejected", events.error("too_many_names"))
+                for _ in frames:  # read on until the writer's linger ends: no reset
+                    pass
                 return False
         return False
 

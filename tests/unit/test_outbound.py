@@ -504,12 +504,6 @@ def test_retire_without_flush_closes_at_once_despite_unsent_bytes(
     assert line.startswith(got) and len(got) < len(line)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="OutboundWriter._close empties Link.wbuf without reporting the bytes to "
-    "Hub.sent, so a retirement without flush leaves Member.queued at the size of the "
-    "unsent rest (unseen today: the member has already left Hub.members)",
-)
 def test_retire_without_flush_gives_the_dropped_bytes_back_to_queued(
     hub: Hub, writer: OutboundWriter, connect: Callable[..., Conn]
 ) -> None:
@@ -538,13 +532,6 @@ def test_retire_of_a_lingering_link_closes_it_without_waiting(
     assert c.client.until_eof() == b"* goodbye\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a line queued after the final one (a reply the reader was still making when "
-    "the close began) is sent on a socket already shut for writing: OutboundWriter._send "
-    "only skips states >= SHUT, so it sends in LINGERING, gets EPIPE and its error path "
-    "shuts the read side too, ending the linger at once while Link.state stays LINGERING",
-)
 def test_a_late_line_for_a_lingering_link_does_not_end_the_linger(
     hub: Hub, writer: OutboundWriter, connect: Callable[..., Conn], clock: FakeClock
 ) -> None:
@@ -597,12 +584,6 @@ def test_peer_that_goes_away_while_polled_is_dropped(
     assert read_side_shut(c.sock)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a retired link (reader gone) whose peer vanishes mid-flush keeps its descriptor "
-    "until the flush timeout: OutboundWriter._send's error path drops the queue but leaves "
-    "the link FLUSHING with gone set, and only _check_timed closes it, flush_timeout later",
-)
 def test_retired_link_whose_peer_vanishes_is_closed_without_waiting(
     hub: Hub, writer: OutboundWriter, connect: Callable[..., Conn], clock: FakeClock
 ) -> None:

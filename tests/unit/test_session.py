@@ -537,13 +537,6 @@ def test_a_kicked_client_still_sending_is_drained_during_the_linger(
     assert chat.hub.drops == {"kicked": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after the fifth refused name Session._login returns at once (session.py, after "
-    "hub.close(m, 'name_rejected', ...)), so the reader ends without draining: the writer "
-    "closes the socket with the client's input unread (a reset over TCP) instead of "
-    "lingering like every other server-side close",
-)
 def test_a_client_refused_five_names_still_sending_is_drained_during_the_linger(
     make_chat: Callable[..., Chat],
 ) -> None:
