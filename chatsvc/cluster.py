@@ -366,8 +366,8 @@ class ClusterBackend:
                 )
         except redis.RedisError:
             return events.error("cluster_unavailable")
-        if got[0] == -1:
-            return events.error("fenced")
+        if got[0] == -1:  # between losing our lease and taking it again
+            return events.error("cluster_unavailable")
         if got[0] == -2:
             return events.error("name_banned", name=key, seconds=int(got[1]) / 1000)
         if not got[0]:
@@ -460,6 +460,14 @@ class ClusterBackend:
                 except queue.Empty:
                     break
             if not batch and not controls:
+                if self.down_since is not None:  # nothing to send: is Redis back?
+                    try:
+                        r.ping()
+                    except redis.RedisError:
+                        self._stop.wait(delay)
+                        delay = min(RETRY_MAX, delay * 2)
+                        continue
+                    self._reachable()
                 continue
             try:
                 self._flush(r, (append, release, rooms, ban), batch, controls)
@@ -473,13 +481,16 @@ class ClusterBackend:
                 self._stop.wait(delay)
                 delay = min(RETRY_MAX, delay * 2)
                 continue
-            if self.down_since is not None:
-                logsetup.log.info(
-                    "cluster_reachable", after=round(time.monotonic() - self.down_since, 3)
-                )
-                self.down_since = None
+            self._reachable()
             delay = RETRY_MIN
             batch, controls = [], []
+
+    def _reachable(self) -> None:
+        if self.down_since is not None:
+            logsetup.log.info(
+                "cluster_reachable", after=round(time.monotonic() - self.down_since, 3)
+            )
+            self.down_since = None
 
     def _flush(
         self,
@@ -697,15 +708,22 @@ class ClusterBackend:
         ):
             return
         # We were reaped (paused or cut off past the lease): our members were
-        # announced as gone and their names freed.  Close them, come back anew.
-        self._fence()
+        # announced as gone and their names freed.  Come back under a new
+        # incarnation first (logins work again at once), then close the members
+        # of the old one.
+        old = self.incarnation
         self.incarnation = secrets.token_hex(4)
         self._register()
+        self._fence(old)
         logsetup.lifecycle.info("cluster_rejoined", node=self.node, incarnation=self.incarnation)
 
-    def _fence(self) -> None:
+    def _fence(self, incarnation: str) -> None:
+        """Close the members whose names the reaped ``incarnation`` held."""
+        mark = f"{self.node}|{incarnation}:"
         with self.hub.lock:
-            members = [m for m in self.hub.members if m.close_reason is None]
+            members = [
+                m for m in self.hub.members if m.close_reason is None and m.claim.startswith(mark)
+            ]
             for m in members:
                 m.claim = ""
         for m in members:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -35,6 +36,12 @@ def _redis_missing() -> Optional[str]:
     return None
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class RedisServer:
     """A real redis-server on a Unix socket in a private directory."""
 
@@ -42,6 +49,7 @@ class RedisServer:
         self, workdir: Path, appendfsync: str = "always", password: Optional[str] = None
     ) -> None:
         self.password = password
+        self.port = _free_port()  # TCP too, for the fault proxy
         self.dir = workdir
         self.sock = str(workdir / "redis.sock")
         self.appendfsync = appendfsync
@@ -58,8 +66,10 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 str(REDIS),
+                "--bind",
+                "127.0.0.1",
                 "--port",
-                "0",
+                str(self.port),
                 "--unixsocket",
                 self.sock,
                 "--unixsocketperm",
