@@ -64,6 +64,11 @@ flood_strikes = 0
 idle_timeout = 0
 login_timeout = 60
 
+[admin]
+# Its own socket: the default path is one per user, shared by every chatsvc
+# running (or still stopping) on the machine.
+socket = {admin_socket}
+
 [logging]
 level = "{log_level}"
 format = "json"
@@ -178,7 +183,11 @@ class ChatsvcTarget(Target):
 
     def command(self, workdir: Path) -> tuple[list[str], Optional[int]]:
         config = workdir / "bench.toml"
-        config.write_text(CHATSVC_CONFIG.format(log_level=self.log_level), encoding="utf-8")
+        text = CHATSVC_CONFIG.format(
+            log_level=self.log_level,
+            admin_socket=json.dumps(str(workdir / "admin.sock")),  # a TOML basic string
+        )
+        config.write_text(text, encoding="utf-8")
         argv = [sys.executable, "-m", self.module, "--config", str(config), "--port", "0"]
         return argv, None
 
