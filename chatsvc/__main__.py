@@ -123,6 +123,9 @@ def run(args: argparse.Namespace, cfg: config.Config, overrides: dict[str, dict[
         pidfile.write()
     install_signal_handlers(server)
     server.serve_forever()
+    # The log is complete (server_stopped written) before the pidfile goes;
+    # atexit would flush only after python-daemon has released it.
+    logsetup.flush()
     if pidfile is not None and not args.daemon:
         pidfile.release()
     return EXIT_OK
