@@ -22,7 +22,14 @@ from typing import Any, Optional
 from bench import report
 from bench.loadgen import raise_fd_limit
 from bench.scenarios import ORDER, SCENARIOS, RunContext, variants
-from bench.targets import Target, TargetUnavailable, make_target
+from bench.targets import (
+    DEFAULT_LOG_LEVEL,
+    LOG_LEVELS,
+    ChatsvcTarget,
+    Target,
+    TargetUnavailable,
+    make_target,
+)
 
 DEFAULT_TARGETS = "chatsvc,seed,ngircd"
 DEFAULT_WORKERS = 3
@@ -46,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soak-seconds", type=float, help="soak duration (default 60)")
     p.add_argument("--blast-messages", type=int, help="blast message count (default 1e6)")
     p.add_argument("--idle-clients", help="comma-separated idle sizes (default 1000,5000,10000)")
+    p.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=DEFAULT_LOG_LEVEL,
+        help=f"chatsvc's [logging] level (default {DEFAULT_LOG_LEVEL}, chatsvc's own default)",
+    )
     p.add_argument("--chatsvc-module", default="chatsvc", help=argparse.SUPPRESS)
     p.add_argument(
         "--max-minutes", type=float, default=60.0, help="skip runs that would start later"
@@ -68,7 +81,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     target_names = [t.strip() for t in args.targets.split(",") if t.strip()]
     try:
-        targets = [make_target(t, args.chatsvc_module) for t in target_names]
+        targets = [make_target(t, args.chatsvc_module, args.log_level) for t in target_names]
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -128,6 +141,8 @@ def _record(
     name: str, label: str, target: Target, params: Any, ctx: RunContext, quick: bool
 ) -> report.Record:
     described = dict(dataclasses.asdict(params), workers=ctx.workers, quick=quick)
+    if isinstance(target, ChatsvcTarget):
+        described["log_level"] = target.log_level
     return report.make_record(name, label, target.name, described, {}, "ok", None, 0.0)
 
 

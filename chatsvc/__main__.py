@@ -63,6 +63,7 @@ def effective_config(args: argparse.Namespace) -> tuple[config.Config, dict[str,
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    logsetup.install_excepthooks()  # a thread's traceback is one JSON event, too
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.daemon and not args.pidfile:
@@ -91,15 +92,14 @@ def run(args: argparse.Namespace, cfg: config.Config, overrides: dict[str, dict[
     log_stream: Optional[IO[str]] = None
     if args.log_file:
         try:
-            log_stream = open(args.log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            log_stream = logsetup.open_file(args.log_file)  # JSON, whatever the format
         except OSError as exc:
             raise ChatsvcError(f"cannot open log file {args.log_file}: {exc.strerror}") from None
     pidfile = PidFile(args.pidfile) if args.pidfile else None
     if pidfile is not None:
         pidfile.acquire()
     try:
-        fmt = "json" if log_stream is not None else cfg.logging.format
-        logsetup.configure(cfg.logging.level, fmt, log_stream or sys.stderr)
+        logsetup.configure(cfg.logging.level, cfg.logging.format)
         activated = systemd.listen_fds()
         listener = activated[0] if activated else None
         server = ChatServer(
@@ -124,6 +124,9 @@ def run(args: argparse.Namespace, cfg: config.Config, overrides: dict[str, dict[
         pidfile.write()
     install_signal_handlers(server)
     server.serve_forever()
+    # The log is complete (server_stopped written) before the pidfile goes;
+    # atexit would flush only after python-daemon has released it.
+    logsetup.flush()
     if pidfile is not None and not args.daemon:
         pidfile.release()
     return EXIT_OK

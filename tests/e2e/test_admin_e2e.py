@@ -513,6 +513,7 @@ class InProcessServer:
         assert self.server.started.wait(5)
 
     def events(self, name: str) -> list[dict[str, Any]]:
+        logsetup.flush()  # the logging thread writes what was logged
         lines = self.log_path.read_text(encoding="utf-8").splitlines()
         return [e for e in map(json.loads, lines) if e.get("event") == name]
 

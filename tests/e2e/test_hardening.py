@@ -741,6 +741,7 @@ def test_fuzzed_clients_never_hurt_the_server(
     h = fuzzed.handle
     run_operations(fuzzed, ops)
     fuzzed.wait_at_rest()
+    assert logsetup.flush()  # what was logged is written by the logging thread
     assert fuzzed.tap.error_events() == []
     # and a normal client is served as before
     with logged_in(h.host, h.port, "checker") as c:

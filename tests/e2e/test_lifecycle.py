@@ -374,3 +374,33 @@ def test_a_reloaded_line_limit_applies_to_connected_clients_at_once(
         srv.wait_event("config_reloaded")
         a.send("x" * 200)
         assert a.expect("! ") == "! line too long (max 100 bytes); discarded"
+
+
+@pytest.mark.timeout(60)
+def test_a_log_file_stays_json_across_a_reload_to_console_format(
+    config_file: ConfigFile, tmp_path: Path
+) -> None:
+    cfg = config_file(format="json")
+    log = tmp_path / "chatsvc.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatsvc", "--config", str(cfg), "--log-file", str(log)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: log.exists() and '"server_started"' in log.read_text(), what="start")
+        config_file(format="console")
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: '"config_reloaded"' in log.read_text(), what="reload logged")
+        port = next(
+            json.loads(x)["port"] for x in log.read_text().splitlines() if "server_started" in x
+        )
+        with logged_in("127.0.0.1", port, "alice"):
+            pass
+        wait_until(lambda: '"client_disconnected"' in log.read_text(), what="later events")
+        lines = log.read_text().splitlines()
+        assert lines and all(json.loads(x) for x in lines)  # every line is one JSON object
+    finally:
+        proc.terminate()
+        proc.wait(15)
