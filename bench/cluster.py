@@ -7,9 +7,9 @@ its baseline in the same run:
 * **fanout**: R receivers (half on each of two nodes) and one sender at a
   fixed rate; send-to-arrival latency from kernel timestamps (SO_TIMESTAMPNS),
   p50/p99, against one embedded node with all R receivers;
-* **sequencing**: S senders on one node, each keeping W lines in flight (it
-  waits for its own echo); lines sequenced per second, read from the room's
-  sequence counter in Redis;
+* **sequencing**: 20 senders spread over both nodes and the four rooms, each
+  keeping 64 lines in flight (it waits for its own echoes); lines sequenced
+  per second, read from the rooms' sequence counters in Redis;
 * **saturate**: S senders, each W in flight, R receivers split over two nodes,
   lines delivered per second against one embedded node.
 
@@ -192,9 +192,16 @@ def fanout(ports: list[int], receivers: int, rate: float, seconds: float) -> dic
     }
 
 
-def _windowed_sender(port: int, name: str, window: int, stop: threading.Event) -> None:
+def _windowed_sender(
+    port: int, name: str, window: int, stop: threading.Event, room: str = "lobby"
+) -> None:
     s = login(port, name)
-    prefix = f"[lobby] {name}: ".encode()
+    if room != "lobby":
+        s.sendall(f"/join {room}\n".encode())
+        buf = b""
+        while b"* you are now in " not in buf:
+            buf += s.recv(65536)
+    prefix = f"[{room}] {name}: ".encode()
     in_flight = 0
     buf = b""
     n = 0
@@ -268,22 +275,33 @@ def saturate(
 
 
 def sequencing(
-    port: int, redis_sock: str, senders: int, window: int, seconds: float
+    ports: list[int], redis_sock: str, senders: int, window: int, seconds: float
 ) -> dict[str, Any]:
     import redis
 
     r = redis.Redis(unix_socket_path=redis_sock, decode_responses=True)
     stop = threading.Event()
+    # Senders spread over the four rooms: a line then fans out to a few members,
+    # so what is measured is sequencing, not one room's fan-out.
+    rooms = ("lobby", "work", "support", "team")
     workers = [
-        threading.Thread(target=_windowed_sender, args=(port, f"q{i}", window, stop), daemon=True)
+        threading.Thread(
+            target=_windowed_sender,
+            args=(ports[i % len(ports)], f"q{i}", window, stop, rooms[i % len(rooms)]),
+            daemon=True,
+        )
         for i in range(senders)
     ]
     for t in workers:
         t.start()
-    time.sleep(0.5)
-    before, t0 = int(r.get("chatsvc:q:lobby") or 0), time.monotonic()
+    time.sleep(1.0)
+
+    def sequenced() -> int:
+        return sum(int(r.get(f"chatsvc:q:{room}") or 0) for room in rooms)
+
+    before, t0 = sequenced(), time.monotonic()
     time.sleep(seconds)
-    after, t1 = int(r.get("chatsvc:q:lobby") or 0), time.monotonic()
+    after, t1 = sequenced(), time.monotonic()
     stop.set()
     for t in workers:
         t.join(10)
@@ -317,7 +335,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             out["cluster_saturate"] = saturate(
                 [a, b], args.saturate_receivers, args.senders, args.window, args.seconds
             )
-            out["cluster_sequencing"] = sequencing(a, rs, 20, 64, args.seconds)
+            out["cluster_sequencing"] = sequencing([a, b], rs, 20, 64, args.seconds)
     single, cluster = out["single_fanout"], out["cluster_fanout"]
     if single["p99_ms"] > 0:
         out["fanout_p99_ratio"] = round(cluster["p99_ms"] / single["p99_ms"], 2)
