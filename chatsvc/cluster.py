@@ -718,6 +718,7 @@ class ClusterBackend:
         if renew(
             keys=[k.nodes, k.lease(self.node)], args=[self.node, self.incarnation, ms], client=r
         ):
+            self._reachable()  # Redis answers: logins need not wait for the publisher's probe
             return
         # We were reaped (paused or cut off past the lease): our members were
         # announced as gone and their names freed.  Come back under a new
@@ -726,6 +727,7 @@ class ClusterBackend:
         old = self.incarnation
         self.incarnation = secrets.token_hex(4)
         self._register()
+        self._reachable()
         self._fence(old)
         logsetup.lifecycle.info("cluster_rejoined", node=self.node, incarnation=self.incarnation)
 
