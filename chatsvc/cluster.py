@@ -448,10 +448,10 @@ class ClusterBackend:
         # A short timeout: a line must not wait on a dead connection longer than
         # it may wait at all (appends are idempotent: a timed-out batch is retried).
         r = self._connect(timeout=min(2.0, max(0.2, self.cfg.unavailable_after / 2)))
-        append = r.register_script(APPEND)
-        release = r.register_script(RELEASE)
-        rooms = r.register_script(ROOMS)
-        ban = r.register_script(BAN)
+        # Scripts go by EVALSHA.  (redis-py's Script objects in a pipeline ask
+        # SCRIPT EXISTS before every batch: one more round trip per line batch.)
+        # They are loaded again after any error: a restarted Redis has none.
+        shas: Optional[tuple[str, str, str, str]] = None
         batch: list[Append] = []
         controls: list[tuple[str, list[str], list[str]]] = []
         delay = RETRY_MIN
@@ -482,8 +482,12 @@ class ClusterBackend:
                     self._reachable()
                 continue
             try:
-                self._flush(r, (append, release, rooms, ban), batch, controls)
+                if shas is None:
+                    shas = tuple(r.script_load(t) for t in (APPEND, RELEASE, ROOMS, BAN))  # type: ignore[assignment]
+                assert shas is not None
+                self._flush(r, shas, batch, controls)
             except redis.RedisError as exc:
+                shas = None
                 if self.down_since is None:
                     self.down_since = time.monotonic()
                     logsetup.log.warning("cluster_unreachable", error=str(exc))
@@ -507,12 +511,12 @@ class ClusterBackend:
     def _flush(
         self,
         r: redis.Redis,
-        scripts: tuple[Any, Any, Any, Any],
+        shas: tuple[str, str, str, str],
         batch: list[Append],
         controls: list[tuple[str, list[str], list[str]]],
     ) -> None:
         k = self.keys
-        append, release, rooms, ban = scripts
+        append, release, rooms, ban = shas
         epoch = secrets.token_hex(8)
         history = str(self.cfg.history)
         with r.pipeline(transaction=False) as p:
@@ -521,17 +525,17 @@ class ClusterBackend:
                 for a in batch[start : start + APPEND_CHUNK]:
                     keys += [k.stream(a.room), k.seq(a.room), k.dedupe(a.msgid)]
                     args += [a.data, a.origin, a.exclude]
-                append(keys=keys, args=args, client=p)
+                p.evalsha(append, len(keys), *keys, *args)
             for op, args, _ in controls:
                 if op == "release":
-                    release(keys=[k.names, k.members(self.node)], args=args, client=p)
+                    p.evalsha(release, 2, k.names, k.members(self.node), *args)
                 elif op == "rooms":
-                    rooms(keys=[k.names, k.members(self.node)], args=args, client=p)
+                    p.evalsha(rooms, 2, k.names, k.members(self.node), *args)
                 elif op == "inbox":
                     entry = {args[1]: args[2]}
                     p.xadd(k.inbox(args[0]), entry, maxlen=1000, approximate=True)  # type: ignore[arg-type]
                 elif op == "ban":
-                    ban(keys=[k.bans], args=args, client=p)
+                    p.evalsha(ban, 1, k.bans, *args)
             p.execute()
 
     def _drop_old(self, batch: list[Append]) -> None:
