@@ -156,6 +156,7 @@ _LINE_TABLE: dict[type[Any], Callable[[Any], str]] = {
     events.WhoList: _who,
     events.Help: lambda e: _HELP,
     events.Error: lambda e: f"! {error_text(e)}\n",
+    events.Raw: lambda e: e.text,
 }
 
 

@@ -18,10 +18,13 @@ from typing import NamedTuple, Optional, Union
 
 
 class Chat(NamedTuple):
+    """``notice``: sent as an IRC NOTICE (never auto-answered); the line protocol ignores it."""
+
     room: str
     sender: str
     text: str
     time: float
+    notice: bool = False
 
 
 class Joined(NamedTuple):
@@ -67,13 +70,14 @@ class ShuttingDown(NamedTuple):
 
 
 class Private(NamedTuple):
-    """A private message; ``echo`` is the sender's own copy."""
+    """A private message; ``echo`` is the sender's own copy; ``notice`` as in Chat."""
 
     sender: str
     target: str
     text: str
     time: float
     echo: bool = False
+    notice: bool = False
 
 
 class Welcome(NamedTuple):
@@ -122,6 +126,17 @@ class Error(NamedTuple):
     params: Mapping[str, object] = {}
 
 
+class Raw(NamedTuple):
+    """Lines a session already worded for its own member (IRC numerics).
+
+    Only ever told to that one member (``Hub.tell``), never fanned out: IRC
+    replies name their recipient, so they cannot be rendered once per dialect.
+    Every dialect passes the text through unchanged.
+    """
+
+    text: str
+
+
 def error(code: str, **params: object) -> Error:
     return Error(code, params)
 
@@ -167,4 +182,5 @@ Event = Union[
     WhoList,
     Help,
     Error,
+    Raw,
 ]

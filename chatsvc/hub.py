@@ -66,7 +66,8 @@ class Member:
     """One connection as the hub sees it.  Fields by owner:
 
     * fixed at creation, read by anyone: ``addr``, ``port``, ``connected_at``,
-      ``connected_mono``, ``dialect``, ``link`` (the writer's per-connection
+      ``connected_mono``, ``link``; ``dialect`` too, except that an IRC session
+      may switch it through ``Hub.set_dialect`` (under the lock) (the writer's per-connection
       state; only the writer thread looks inside it);
     * written by the member's reader thread only, read without the lock by
       the reaper and the views (single attribute stores): ``last_active``,
@@ -401,7 +402,9 @@ class Hub:
         _wake(owed)
         return None
 
-    def say(self, m: Member, text: str, room: Optional[str] = None) -> Optional[str]:
+    def say(
+        self, m: Member, text: str, room: Optional[str] = None, notice: bool = False
+    ) -> Optional[str]:
         """Chat to ``room`` (default: ``m``'s one room); returns the room (None if not in it).
 
         The sender gets its own line back when its dialect echoes (the line
@@ -418,12 +421,13 @@ class Hub:
             self.bytes_in += len(text.encode())
             m.msgs_sent += 1
             exclude = None if m.dialect.echo_own else m
-            self.backend.publish(room, events.Chat(room, m.name, text, time.time()), exclude)
+            chat = events.Chat(room, m.name, text, time.time(), notice)
+            self.backend.publish(room, chat, exclude)
             owed = self._owed()
         _wake(owed)
         return room
 
-    def private(self, m: Member, target: str, text: str) -> Optional[Error]:
+    def private(self, m: Member, target: str, text: str, notice: bool = False) -> Optional[Error]:
         """A private message; why not, if the target is unknown."""
         with self.lock:
             peer = self.by_name.get(target.casefold())
@@ -434,11 +438,20 @@ class Hub:
             m.msgs_sent += 1
             now = time.time()
             peer_name = peer.name or target
-            self.bytes_out += self._put(peer, events.Private(m.name, peer_name, text, now))
-            self._put(m, events.Private(m.name, peer_name, text, now, echo=True), reply=True)
+            msg = events.Private(m.name, peer_name, text, now, notice=notice)
+            self.bytes_out += self._put(peer, msg)
+            self._put(m, msg._replace(echo=True), reply=True)
             owed = self._owed()
         _wake(owed)
         return None
+
+    def set_dialect(self, m: Member, dialect: Dialect) -> None:
+        """Switch ``m`` to another dialect (IRC capability negotiation).
+
+        Under the lock, so every event is rendered wholly in the old or the new one.
+        """
+        with self.lock:
+            m.dialect = dialect
 
     def tell(self, m: Member, *evs: Event) -> None:
         """Events for one member only: replies to its commands, errors."""
@@ -711,22 +724,14 @@ class Hub:
     def users(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         with self.lock:
-            return [
-                {
-                    "name": m.name,
-                    "room": m.room,
-                    "rooms": list(m.rooms),
-                    "addr": f"{m.addr}:{m.port}",
-                    "protocol": m.dialect.name,
-                    "connected_at": m.connected_at,
-                    "idle": round(now - m.last_active, 1),
-                    "queued_bytes": m.queued,
-                    "messages": m.msgs_sent,
-                    "throttled": m.throttled,
-                }
-                for m in self.members
-                if m.name is not None
-            ]
+            return [_user_view(m, now) for m in self.members if m.name is not None]
+
+    def user(self, name: str) -> Optional[dict[str, Any]]:
+        """One logged-in user's view (as in ``users``), found by name; None if absent."""
+        now = time.monotonic()
+        with self.lock:
+            m = self.by_name.get(name.casefold())
+            return None if m is None or m.close_reason is not None else _user_view(m, now)
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -745,6 +750,22 @@ class Hub:
                 "refused": dict(self.refused),
                 "queued_bytes": sum(m.queued for m in self.members),
             }
+
+
+def _user_view(m: Member, now: float) -> dict[str, Any]:
+    """A member as the views show it; lock held."""
+    return {
+        "name": m.name,
+        "room": m.room,
+        "rooms": list(m.rooms),
+        "addr": f"{m.addr}:{m.port}",
+        "protocol": m.dialect.name,
+        "connected_at": m.connected_at,
+        "idle": round(now - m.last_active, 1),
+        "queued_bytes": m.queued,
+        "messages": m.msgs_sent,
+        "throttled": m.throttled,
+    }
 
 
 def _wake(owed: list[Mailbox]) -> None:
