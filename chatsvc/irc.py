@@ -146,12 +146,17 @@ def irc_lower(text: str) -> str:
     return text.lower() if text.isascii() else text.casefold()
 
 
+# Commands whose last parameter is free text: always written with ':'.
+_TEXT_LAST = frozenset({"PRIVMSG", "NOTICE", "QUIT", "ERROR", "KICK"})
+
+
 def line(source: str, command: str, *params: str, colon: bool = False) -> str:
     """One wire line; the last parameter gets a ':' when it needs one (or ``colon``)."""
     parts = [f":{source} {command}" if source else command]
     if params:
         *middle, last = params
         parts.extend(middle)
+        colon = colon or command in _TEXT_LAST
         if colon or not last or " " in last or last.startswith(":"):
             last = ":" + last
         parts.append(last)
@@ -281,8 +286,9 @@ class IrcDialect:
 
     def _left(self, e: events.Left) -> str:
         if e.reason in ("part", "moved"):
-            params = ("#" + e.room, e.text) if e.text else ("#" + e.room,)
-            return line(self.mask(e.name), "PART", *params)
+            if e.text:
+                return line(self.mask(e.name), "PART", "#" + e.room, e.text, colon=True)
+            return line(self.mask(e.name), "PART", "#" + e.room)
         return line(self.mask(e.name), "QUIT", e.text or QUIT_WORDS.get(e.reason, "Quit"))
 
     def _shutting_down(self, e: events.ShuttingDown) -> str:
@@ -343,6 +349,8 @@ AWAY = AwayBook()
 
 # --- the session ------------------------------------------------------------------
 
+# Numerics whose last parameter is a list or free text: always written with ':'.
+_TEXT_NUMERICS = frozenset({"301", "302", "303", "311", "319", "322", "332", "352", "353"})
 # Commands allowed before registration; anything else gets 451.
 _BEFORE_REGISTRATION = frozenset({"CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
 
@@ -388,7 +396,7 @@ class IrcSession:
         return self.member.name or "*"
 
     def num(self, code: str, *params: str) -> str:
-        return line(self.server_name, code, self.me, *params)
+        return line(self.server_name, code, self.me, *params, colon=code in _TEXT_NUMERICS)
 
     def send(self, *lines: str) -> None:
         text = "".join(lines)
@@ -565,7 +573,7 @@ class IrcSession:
         if self.registered:
             self.reply("462", "You may not reregister")
             return
-        if len(msg.params) < 4 or not msg.params[0]:
+        if len(msg.params) < 4 or not msg.params[0] or not msg.params[3]:
             self.reply("461", msg.command, "Not enough parameters")
             return
         self.user = msg.params[0]
