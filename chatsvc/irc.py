@@ -25,6 +25,7 @@ Threads
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import re
 import socket
@@ -44,6 +45,7 @@ MAX_BODY = 510  # bytes of a line without tags and CRLF (RFC 1459: 512 with CRLF
 MAX_TAGS = 8191  # bytes of the tags part, '@' and the trailing space included (IRCv3)
 MAX_PARAMS = 15
 MAX_TARGETS = 4  # per PRIVMSG/NOTICE/JOIN/PART/WHOIS
+WHO_MAX = 500  # users listed for a WHO with a wildcard mask
 RECV_SIZE = 479  # see chatsvc.session: a small buffer per idle reader thread
 BULK_RECV_SIZE = 16384
 # Capabilities offered; each combination gets its own dialect object.
@@ -322,29 +324,47 @@ def refusal_line(reason: str) -> bytes:
     return line("", "ERROR", "Closing link: " + REFUSAL_TEXT[reason]).encode()
 
 
-# --- the away book ----------------------------------------------------------------
+# --- what IRC clients said about themselves --------------------------------------
 
 
-class AwayBook:
-    """Away messages of IRC members, read by other IRC sessions (its own small lock)."""
+class Ident(NamedTuple):
+    """What an IRC member gave at registration (USER) and its away message."""
+
+    user: str
+    realname: str
+    away: str = ""
+
+
+class IdentBook:
+    """IRC members' USER details and away messages, read by other IRC sessions.
+
+    IRC-only state the hub neither needs nor sees, so it has its own small lock.
+    A line-protocol user has no entry: its user name and real name are its name.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_name: dict[str, str] = {}
+        self._by_name: dict[str, Ident] = {}
 
-    def set(self, name: str, text: Optional[str]) -> None:
+    def put(self, name: str, ident: Ident) -> None:
         with self._lock:
-            if text:
-                self._by_name[irc_lower(name)] = text
-            else:
-                self._by_name.pop(irc_lower(name), None)
+            self._by_name[irc_lower(name)] = ident
 
-    def get(self, name: str) -> Optional[str]:
+    def drop(self, name: str, ident: Ident) -> None:
+        """Forget ``name``'s entry if it is still ``ident`` (a new holder keeps theirs)."""
         with self._lock:
-            return self._by_name.get(irc_lower(name))
+            if self._by_name.get(irc_lower(name)) is ident:
+                del self._by_name[irc_lower(name)]
+
+    def get(self, name: str) -> Ident:
+        with self._lock:
+            return self._by_name.get(irc_lower(name)) or Ident(name, name)
+
+    def away(self, name: str) -> str:
+        return self.get(name).away
 
 
-AWAY = AwayBook()
+IDENTS = IdentBook()
 
 
 # --- the session ------------------------------------------------------------------
@@ -363,6 +383,7 @@ class IrcSession:
         "cap_pending",
         "caps",
         "hub",
+        "ident",
         "member",
         "nick",
         "realname",
@@ -383,6 +404,7 @@ class IrcSession:
         self.user: Optional[str] = None
         self.realname = ""
         self.registered = False
+        self.ident: Optional[Ident] = None  # ours in IDENTS, once registered
 
     # --- wording -----------------------------------------------------------------
 
@@ -421,8 +443,8 @@ class IrcSession:
             reason = "error"
         finally:
             final = self.hub.remove(m, reason)
-            if m.name is not None:
-                AWAY.set(m.name, None)
+            if m.name is not None and self.ident is not None:
+                IDENTS.drop(m.name, self.ident)
             logsetup.log.info(
                 "client_disconnected",
                 name=m.name,
@@ -594,6 +616,10 @@ class IrcSession:
             self.nick = None
             return
         self.registered = True
+        user = "".join(ch for ch in self.user if ch.isascii() and (ch.isalnum() or ch in "_.-~"))
+        realname, bad = clean_text(self.realname)
+        self.ident = Ident(user[:10] or nick, realname if bad is None and realname else nick)
+        IDENTS.put(nick, self.ident)
         logsetup.log.info("client_login", name=nick, addr=m.addr, port=m.port, protocol="irc")
         self._welcome()
 
@@ -844,7 +870,7 @@ class IrcSession:
                 self.reply("401", target, "No such nick/channel")
             return
         _log_message("private_message", m.name, target, text, self.hub.cfg.logging.log_messages)
-        away = AWAY.get(target)
+        away = IDENTS.away(target)
         if away and not notice:
             self.reply("301", target, away)
 
@@ -854,7 +880,9 @@ class IrcSession:
         assert self.member.name is not None
         text = msg.params[0] if msg.params else ""
         text, _ = clean_text(text)
-        AWAY.set(self.member.name, text[:200] or None)
+        if self.ident is not None:
+            self.ident = self.ident._replace(away=text[:200])
+            IDENTS.put(self.member.name, self.ident)
         if text:
             self.reply("306", "You have been marked as being away")
         else:
@@ -869,12 +897,13 @@ class IrcSession:
             self.send(self.num("401", nick, "No such nick"), self.num("318", nick, "End of /WHOIS"))
             return
         name = str(user["name"])
-        out = [self.num("311", name, name, self.server_name, "*", name)]
+        ident = IDENTS.get(name)
+        out = [self.num("311", name, ident.user, self.server_name, "*", ident.realname)]
         channels = " ".join("#" + r for r in user["rooms"])
         if channels:
             out.append(self.num("319", name, channels))
         out.append(self.num("312", name, self.server_name, f"chatsvc ({user['protocol']})"))
-        away = AWAY.get(name)
+        away = ident.away
         if away:
             out.append(self.num("301", name, away))
         out.append(
@@ -899,15 +928,21 @@ class IrcSession:
         elif not mask.startswith("#") and "*" not in mask and "?" not in mask:
             user = self.hub.user(mask)
             if user is not None:
-                rooms = user["rooms"]
-                out.append(self._who_line("#" + rooms[0] if rooms else "*", str(user["name"])))
+                out.append(self._who_line("*", str(user["name"])))
+        elif not mask.startswith("#"):
+            pattern = re.compile(fnmatch.translate(irc_lower(mask)))
+            names = sorted(str(u["name"]) for u in self.hub.users())
+            hits = [n for n in names if pattern.match(irc_lower(n))][:WHO_MAX]
+            out += [self._who_line("*", name) for name in hits]
         out.append(self.num("315", mask, "End of /WHO list"))
         self.send(*out)
 
     def _who_line(self, channel: str, name: str) -> str:
-        flags = "G" if AWAY.get(name) else "H"
+        ident = IDENTS.get(name)
+        flags = "G" if ident.away else "H"
+        server = self.server_name
         return self.num(
-            "352", channel, name, self.server_name, self.server_name, name, flags, "0 " + name
+            "352", channel, ident.user, server, server, name, flags, "0 " + ident.realname
         )
 
     def cmd_ison(self, msg: Message) -> None:
@@ -921,7 +956,9 @@ class IrcSession:
             user = self.hub.user(nick)
             if user is not None:
                 name = str(user["name"])
-                out.append(f"{name}={'-' if AWAY.get(name) else '+'}{name}@{self.server_name}")
+                ident = IDENTS.get(name)
+                away = "-" if ident.away else "+"
+                out.append(f"{name}={away}{ident.user}@{self.server_name}")
         self.reply("302", " ".join(out))
 
 

@@ -461,3 +461,24 @@ def test_the_entry_point_logs_the_irc_port(tmp_path: Path, short_tmp: Path) -> N
             c.register("alice")
     finally:
         proc.kill()
+
+
+def test_who_and_whois_show_what_user_gave(irc_server: Any) -> None:
+    h = irc_server()
+    with irc_client(h) as alice, logged_in(h.host, h.port, "bob"):
+        alice.send("NICK alice")
+        alice.send("USER al1ce 0 * :Alice \x02Liddell\x02")
+        alice.expect(" 001 ")
+        alice.send("WHO alice")
+        assert alice.expect(" 352 ") == (
+            ":chatsvc 352 alice * al1ce chatsvc chatsvc alice H :0 Alice Liddell"
+        )
+        alice.send("WHO *")
+        lines = alice.sync()
+        assert [ln.split()[7] for ln in lines if " 352 " in ln] == ["alice", "bob"]
+        assert lines[-1] == ":chatsvc 315 alice * :End of /WHO list"
+        alice.send("AWAY :out")
+        alice.expect(" 306 ")
+        alice.send("WHOIS alice")
+        assert alice.expect(" 311 ") == ":chatsvc 311 alice alice al1ce chatsvc * :Alice Liddell"
+        assert alice.expect(" 301 ") == ":chatsvc 301 alice alice :out"
