@@ -474,7 +474,14 @@ class Hub:
     # --- closing -----------------------------------------------------------------
 
     def _begin_close(
-        self, m: Member, reason: str, final: Optional[Event], *, flush: bool, kicked: str = ""
+        self,
+        m: Member,
+        reason: str,
+        final: Optional[Event],
+        *,
+        flush: bool,
+        kicked: str = "",
+        text: str = "",
     ) -> bool:
         """Start closing ``m``: leave its room, queue ``final``, hand it to the writer.
 
@@ -490,11 +497,11 @@ class Hub:
             self._put(m, final)
         if not flush:
             self._drop_outbox(m)
-        self._detach(m, reason, kicked)
+        self._detach(m, reason, kicked, text)
         m.mailbox.to_close.append(m)
         return True
 
-    def _detach(self, m: Member, reason: str, kicked: str = "") -> None:
+    def _detach(self, m: Member, reason: str, kicked: str = "", text: str = "") -> None:
         """Take ``m`` out of its room and the name map, telling the room; lock held."""
         if m.name is not None:
             for room in m.rooms:
@@ -502,17 +509,25 @@ class Hub:
                 if kicked:
                     self._announce_membership(room, events.Kicked(room, m.name, kicked), m)
                 elif not (self.shutting_down or reason == "shutdown"):
-                    self._announce_membership(room, events.Left(room, m.name, reason), m)
+                    self._announce_membership(room, events.Left(room, m.name, reason, text), m)
             m.rooms = {}
         if m.key is not None and self.by_name.get(m.key) is m:
             del self.by_name[m.key]
 
     def close(
-        self, m: Member, reason: str, final: Optional[Event] = None, flush: bool = True
+        self,
+        m: Member,
+        reason: str,
+        final: Optional[Event] = None,
+        flush: bool = True,
+        text: str = "",
     ) -> bool:
-        """Begin a server-side close (bye, idle, flood, ...); False if already closing."""
+        """Begin a server-side close (bye, idle, flood, ...); False if already closing.
+
+        ``text``: the member's parting words (IRC ``QUIT :text``), told to its rooms.
+        """
         with self.lock:
-            began = self._begin_close(m, reason, final, flush=flush)
+            began = self._begin_close(m, reason, final, flush=flush, text=text)
             owed = self._owed()
         _wake(owed)
         return began

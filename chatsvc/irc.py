@@ -49,7 +49,7 @@ WHO_MAX = 500  # users listed for a WHO with a wildcard mask
 RECV_SIZE = 479  # see chatsvc.session: a small buffer per idle reader thread
 BULK_RECV_SIZE = 16384
 # Capabilities offered; each combination gets its own dialect object.
-CAPS = ("echo-message", "multi-prefix", "server-time")
+CAPS = ("echo-message", "multi-prefix", "server-time", "userhost-in-names")
 # IRC formatting codes (bold, colour, reset, reverse, italic, strike, underline,
 # monospace): stripped from what IRC clients send, because line-protocol members'
 # terminals would act on them.  Colour codes take their digits with them.
@@ -273,10 +273,10 @@ class IrcDialect:
         if text.startswith(ME) and not notice:
             action = "\x01ACTION " + text[len(ME) :] + "\x01"
             return line(source, verb, target, action, colon=True)
-        head = len(f":{source} {verb} {target} :".encode())
-        return "".join(
-            line(source, verb, target, c, colon=True) for c in _chunks(text, MAX_BODY - head)
-        )
+        # Text an IRC client could send (510 bytes) goes out whole, even if the
+        # prefix takes the line past 512 (as Ergo does; clients take it); longer
+        # line-protocol text is cut into pieces of that size.
+        return "".join(line(source, verb, target, c, colon=True) for c in _chunks(text, MAX_BODY))
 
     def _chat(self, e: events.Chat) -> str:
         return self._message(self.mask(e.sender), "#" + e.room, e.text, e.notice)
@@ -651,6 +651,8 @@ class IrcSession:
             self.num("251", f"There are {n} users and 0 invisible on 1 servers"),
             self.num("254", str(len(self.hub.cfg.rooms.names)), "channels formed"),
             self.num("255", f"I have {n} clients and 0 servers"),
+            self.num("265", str(n), str(n), f"Current local users {n}, max {n}"),
+            self.num("266", str(n), str(n), f"Current global users {n}, max {n}"),
         ]
 
     def _motd(self) -> list[str]:
@@ -674,7 +676,9 @@ class IrcSession:
         pass  # activity was already counted
 
     def cmd_quit(self, msg: Message) -> None:
-        self.hub.close(self.member, "bye", events.Goodbye())
+        text, why = clean_text(msg.params[0] if msg.params else "")
+        words = "Quit: " + text if text and why is None else ""
+        self.hub.close(self.member, "bye", events.Goodbye(), text=words)
 
     def cmd_motd(self, msg: Message) -> None:
         self.send(*self._motd())
@@ -740,6 +744,8 @@ class IrcSession:
         names = self.hub.who(self.member, room).names
         head = len(self.num("353", "=", "#" + room, "x").encode())
         out, batch = [], ""
+        if "userhost-in-names" in self.caps:
+            names = tuple(f"{n}!{IDENTS.get(n).user}@{self.server_name}" for n in names)
         for name in names:
             if batch and head + len(batch) + len(name) + 1 > MAX_BODY:
                 out.append(self.num("353", "=", "#" + room, batch))

@@ -112,7 +112,7 @@ def test_cap_negotiation_holds_registration_until_cap_end(irc_server: Any) -> No
     h = irc_server()
     with irc_client(h) as c:
         c.send("CAP LS 302")
-        assert c.expect(" LS ").endswith(":echo-message multi-prefix server-time")
+        assert c.expect(" LS ").endswith(":echo-message multi-prefix server-time userhost-in-names")
         c.send("NICK alice")
         c.send("USER a 0 * :A")
         c.send("CAP REQ :echo-message unknown-cap")
@@ -342,10 +342,15 @@ def test_ping_echoes_the_token_and_quit_ends_with_error(irc_server: Any) -> None
         alice.expect(" 366 ")
         alice.send("PING :some token")
         assert alice.expect("PONG") == ":chatsvc PONG chatsvc :some token"
-        alice.send("QUIT :gone")
-        assert alice.expect("ERROR").startswith("ERROR :Closing link")
-        alice.expect_eof()
-        bob.expect("* alice left lobby")
+        with irc_client(h, "carol", caps=("userhost-in-names",)) as carol:
+            carol.send("JOIN #lobby")
+            names = carol.expect(" 353 ")
+            assert "alice!alice@chatsvc" in names and "carol!carol@chatsvc" in names
+            alice.send("QUIT :gone")
+            assert alice.expect("ERROR").startswith("ERROR :Closing link")
+            alice.expect_eof()
+            bob.expect("* alice left lobby")
+            assert carol.expect("QUIT") == ":alice!alice@chatsvc QUIT :Quit: gone"
 
 
 # --- hostile input ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from irctest.basecontrollers import BaseServerController, DirectoryBasedControll
 from irctest.runner import NotImplementedByController
 
 ROOMS = ["chan", "test", "chan1", "chan2", "bar", "bar_two", "baz", "foo", "qux", "xyz"]
-ROOMS += ["channel", "gen", "auditorium", "f", "how", "fooa", "c90076", "otherchan"]
+ROOMS += ["channel", "gen", "auditorium", "f", "how", "fooa", "c90076", "otherchan", "valid"]
 
 TEMPLATE = """
 [server]

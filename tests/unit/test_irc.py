@@ -138,12 +138,17 @@ def test_slash_me_becomes_a_ctcp_action() -> None:
 
 
 def test_a_long_line_protocol_message_is_cut_into_irc_lines_between_characters() -> None:
-    text = "é" * 1000  # 2000 bytes: the line protocol allows it, IRC lines hold 512
+    text = "é" * 1000  # 2000 bytes: the line protocol allows it, IRC text is at most 510
     out = PLAIN.render(events.Chat("lobby", "alice", text, 0.0))
     lines = out.split(b"\r\n")[:-1]
-    assert len(lines) == 5
-    assert all(len(ln) + 2 <= 512 for ln in lines)
+    assert len(lines) == 4
+    assert all(len(ln.split(b" :", 1)[1]) <= irc.MAX_BODY for ln in lines)
     assert "".join(ln.decode().split(" :", 1)[1] for ln in lines) == text
+
+
+def test_what_an_irc_client_may_send_is_relayed_in_one_line() -> None:
+    out = PLAIN.render(events.Private("alice", "bob", "a" * 496, 0.0))
+    assert out.count(b"\r\n") == 1
 
 
 def test_membership_events() -> None:
