@@ -52,6 +52,14 @@ class Kicked(NamedTuple):
     reason: str
 
 
+class Renamed(NamedTuple):
+    """A member of the room changed its name (IRC ``NICK``)."""
+
+    room: str
+    old: str
+    new: str
+
+
 class Announcement(NamedTuple):
     """An operator's broadcast (to one room, or to all when ``room`` is None)."""
 
@@ -164,12 +172,13 @@ ERROR_CODES = frozenset(
     }
 )
 
-RoomEvent = Union[Chat, Joined, Left, Kicked, Announcement, ShuttingDown]
+RoomEvent = Union[Chat, Joined, Left, Kicked, Renamed, Announcement, ShuttingDown]
 Event = Union[
     Chat,
     Joined,
     Left,
     Kicked,
+    Renamed,
     Announcement,
     ShuttingDown,
     Private,

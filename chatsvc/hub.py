@@ -366,6 +366,33 @@ class Hub:
         _wake(owed)
         return None
 
+    def rename(self, m: Member, name: str) -> Optional[Error]:
+        """Change a logged-in member's name (IRC ``NICK``); why not, if refused.
+
+        Its rooms are told (as joins are: not past ``announce_limit``) and the
+        member gets its own ``Renamed``.  A change of case only is allowed.
+        """
+        key = name.casefold()
+        with self.lock:
+            if m.name is None or m.key is None or m.close_reason is not None:
+                return events.error("closing")
+            expiry = self.bans.get(key)
+            if expiry is not None and expiry > time.monotonic():
+                return events.error("name_banned", name=name, seconds=expiry - time.monotonic())
+            holder = self.by_name.get(key)
+            if holder is not None and holder is not m:
+                return events.error("name_taken", name=name)
+            old = m.name
+            del self.by_name[m.key]
+            m.name, m.key = name, key
+            self.by_name[key] = m
+            for room in m.rooms:
+                self._announce_membership(room, events.Renamed(room, old, name), m)
+            self._put(m, events.Renamed(m.room or "", old, name), reply=True)
+            owed = self._owed()
+        _wake(owed)
+        return None
+
     def enter(self, m: Member, room: str) -> Optional[Error]:
         """Join ``room`` as well as the rooms ``m`` is in (IRC); why not, if refused.
 

@@ -25,6 +25,7 @@ Threads
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import functools
 import re
@@ -46,6 +47,7 @@ MAX_TAGS = 8191  # bytes of the tags part, '@' and the trailing space included (
 MAX_PARAMS = 15
 MAX_TARGETS = 4  # per PRIVMSG/NOTICE/JOIN/PART/WHOIS
 WHO_MAX = 500  # users listed for a WHO with a wildcard mask
+WHOWAS_HISTORY = 200  # IRC users remembered after they leave
 RECV_SIZE = 479  # see chatsvc.session: a small buffer per idle reader thread
 BULK_RECV_SIZE = 16384
 # Capabilities offered; each combination gets its own dialect object.
@@ -231,6 +233,7 @@ class IrcDialect:
             events.Kicked: lambda e: line(
                 self.server_name, "KICK", "#" + e.room, e.name, e.reason or "kicked"
             ),
+            events.Renamed: lambda e: line(self.mask(e.old), "NICK", e.new, colon=True),
             events.Announcement: lambda e: line(
                 self.server_name, "NOTICE", "#" + e.room if e.room else "*", e.text
             ),
@@ -345,6 +348,9 @@ class IdentBook:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_name: dict[str, Ident] = {}
+        self._history: collections.deque[tuple[str, Ident, float]] = collections.deque(
+            maxlen=WHOWAS_HISTORY
+        )
 
     def put(self, name: str, ident: Ident) -> None:
         with self._lock:
@@ -363,6 +369,17 @@ class IdentBook:
     def away(self, name: str) -> str:
         return self.get(name).away
 
+    def gone(self, name: str, ident: Ident) -> None:
+        """``name`` left: keep it for WHOWAS (most recent last, bounded)."""
+        with self._lock:
+            self._history.append((name, ident, time.time()))
+
+    def was(self, name: str) -> list[tuple[str, Ident, float]]:
+        """WHOWAS entries for ``name``, most recent first."""
+        key = irc_lower(name)
+        with self._lock:
+            return [h for h in reversed(self._history) if irc_lower(h[0]) == key]
+
 
 IDENTS = IdentBook()
 
@@ -370,7 +387,7 @@ IDENTS = IdentBook()
 # --- the session ------------------------------------------------------------------
 
 # Numerics whose last parameter is a list or free text: always written with ':'.
-_TEXT_NUMERICS = frozenset({"301", "302", "303", "311", "319", "322", "332", "352", "353"})
+_TEXT_NUMERICS = frozenset({"301", "302", "303", "311", "314", "319", "322", "332", "352", "353"})
 # Commands allowed before registration; anything else gets 451.
 _BEFORE_REGISTRATION = frozenset({"CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
 
@@ -386,6 +403,7 @@ class IrcSession:
         "ident",
         "member",
         "nick",
+        "quit",
         "realname",
         "registered",
         "sock",
@@ -405,6 +423,7 @@ class IrcSession:
         self.realname = ""
         self.registered = False
         self.ident: Optional[Ident] = None  # ours in IDENTS, once registered
+        self.quit = False  # QUIT seen (and the WHOWAS entry made)
 
     # --- wording -----------------------------------------------------------------
 
@@ -445,6 +464,8 @@ class IrcSession:
             final = self.hub.remove(m, reason)
             if m.name is not None and self.ident is not None:
                 IDENTS.drop(m.name, self.ident)
+                if not self.quit:
+                    IDENTS.gone(m.name, self.ident)
             logsetup.log.info(
                 "client_disconnected",
                 name=m.name,
@@ -585,8 +606,7 @@ class IrcSession:
             self.reply("432", nick, "Erroneous nickname: " + _error_words(why))
             return
         if self.registered:
-            if nick != self.member.name:
-                self.reply("447", "Nick changes are not supported; reconnect with the new nick")
+            self._rename(nick)
             return
         self.nick = nick
         self._try_register()
@@ -601,6 +621,21 @@ class IrcSession:
         self.user = msg.params[0]
         self.realname = msg.params[3]
         self._try_register()
+
+    def _rename(self, nick: str) -> None:
+        old = self.member.name
+        if old is None or nick == old:
+            return
+        why = self.hub.rename(self.member, nick)
+        if why is None:
+            if self.ident is not None:
+                IDENTS.drop(old, self.ident)
+                IDENTS.put(nick, self.ident)
+            logsetup.log.info("name_changed", name=nick, old=old, addr=self.member.addr)
+        elif why.code == "name_taken":
+            self.reply("433", nick, "Nickname is already in use")
+        elif why.code == "name_banned":
+            self.reply("432", nick, "Erroneous nickname: " + _error_words(why))
 
     def _try_register(self) -> None:
         if self.registered or self.cap_pending or self.nick is None or self.user is None:
@@ -676,6 +711,9 @@ class IrcSession:
         pass  # activity was already counted
 
     def cmd_quit(self, msg: Message) -> None:
+        if self.member.name is not None and self.ident is not None and not self.quit:
+            IDENTS.gone(self.member.name, self.ident)  # now: a WHOWAS may come at once
+        self.quit = True
         text, why = clean_text(msg.params[0] if msg.params else "")
         words = "Quit: " + text if text and why is None else ""
         self.hub.close(self.member, "bye", events.Goodbye(), text=words)
@@ -950,6 +988,23 @@ class IrcSession:
         return self.num(
             "352", channel, ident.user, server, server, name, flags, "0 " + ident.realname
         )
+
+    def cmd_whowas(self, msg: Message) -> None:
+        if not msg.params or not msg.params[0]:
+            self.reply("431", "No nickname given")
+            return
+        nick = msg.params[0]
+        count = 0
+        if len(msg.params) > 1 and msg.params[1].lstrip("-").isdigit():
+            count = max(0, int(msg.params[1]))
+        found = IDENTS.was(nick)[: count or None]
+        out = [] if found else [self.num("406", nick, "There was no such nickname")]
+        for name, ident, when in found:
+            out.append(self.num("314", name, ident.user, self.server_name, "*", ident.realname))
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
+            out.append(self.num("312", name, self.server_name, stamp))
+        out.append(self.num("369", nick, "End of WHOWAS"))
+        self.send(*out)
 
     def cmd_ison(self, msg: Message) -> None:
         nicks = " ".join(msg.params).split()

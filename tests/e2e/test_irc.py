@@ -173,13 +173,47 @@ def test_names_chatsvc_refuses_are_erroneous_nicknames(irc_server: Any, nick: st
         assert c.expect(" 432 ").startswith(f":chatsvc 432 * {nick} :Erroneous nickname")
 
 
-def test_nick_changes_are_refused_after_registration(irc_server: Any) -> None:
+def test_nick_changes_reach_both_protocols_and_keep_one_name_space(irc_server: Any) -> None:
     h = irc_server()
-    with irc_client(h, "alice") as c:
-        c.send("NICK alicia")
-        assert " 447 alice " in c.expect(" 447 ")
-        c.send("USER a 0 * :A")
-        c.expect(" 462 ")
+    with (
+        irc_client(h, "alice") as alice,
+        irc_client(h, "carol") as carol,
+        logged_in(h.host, h.port, "bob") as bob,
+    ):
+        for c in (alice, carol):
+            c.send("JOIN #lobby")
+            c.expect(" 366 ")
+        alice.send("NICK alicia")
+        assert alice.expect(" NICK ") == ":alice!alice@chatsvc NICK :alicia"
+        assert carol.expect(" NICK ") == ":alice!alice@chatsvc NICK :alicia"
+        bob.expect("* alice is now known as alicia")
+        alice.send("NICK Bob")
+        assert alice.expect(" 433 ") == ":chatsvc 433 alicia Bob :Nickname is already in use"
+        alice.send("NICK ALICIA")  # a change of case only
+        alice.expect(":alicia!alicia@chatsvc NICK :ALICIA")
+        with RawClient(h.host, h.port) as line_alice:
+            assert line_alice.login("alice").startswith("* hello alice")  # released
+        alice.send("PRIVMSG bob :from the new name")
+        bob.expect("[private] ALICIA: from the new name")
+        alice.send("USER a 0 * :A")
+        alice.expect(" 462 ")
+
+
+def test_whowas_remembers_irc_users_that_left(irc_server: Any) -> None:
+    h = irc_server()
+    with irc_client(h, "alice") as alice:
+        with irc_client(h) as gone:
+            gone.send("NICK dave")
+            gone.send("USER dv 0 * :Dave D")
+            gone.expect(" 001 ")
+            gone.send("QUIT")
+            gone.expect_eof()
+        alice.send("WHOWAS dave")
+        assert alice.expect(" 314 ") == ":chatsvc 314 alice dave dv chatsvc * :Dave D"
+        alice.expect(" 369 alice dave ")
+        alice.send("WHOWAS nobody")
+        alice.expect(" 406 alice nobody ")
+        alice.expect(" 369 alice nobody ")
 
 
 # --- the same rooms, one order ------------------------------------------------------------

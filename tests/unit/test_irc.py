@@ -160,6 +160,7 @@ def test_membership_events() -> None:
     assert render(events.Left("work", "bob", "moved")) == ":bob!bob@chatsvc PART #work\r\n"
     assert render(events.Left("work", "bob", "idle")) == ":bob!bob@chatsvc QUIT :Idle timeout\r\n"
     assert render(events.Kicked("work", "bob", "spam")) == ":chatsvc KICK #work bob :spam\r\n"
+    assert render(events.Renamed("work", "bob", "rob")) == ":bob!bob@chatsvc NICK :rob\r\n"
 
 
 def test_private_messages_and_their_echo() -> None:
@@ -196,6 +197,7 @@ def test_every_event_type_renders() -> None:
         events.Joined("lobby", "a"),
         events.Left("lobby", "a", "eof"),
         events.Kicked("lobby", "a", "r"),
+        events.Renamed("lobby", "a", "b"),
         events.Announcement("x"),
         events.ShuttingDown(),
         events.Private("a", "b", "x", 0.0),
