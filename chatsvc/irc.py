@@ -386,6 +386,36 @@ IDENTS = IdentBook()
 
 # --- the session ------------------------------------------------------------------
 
+# HELP texts: the first line is the synopsis.
+HELP = {
+    "*": "chatsvc speaks enough IRC to chat in its rooms (channels #ROOM).\n"
+    "Commands: AWAY HELP ISON JOIN LIST LUSERS MODE MOTD NAMES NICK NOTICE PART\n"
+    "PING PRIVMSG QUIT TIME TOPIC USERHOST VERSION WHO WHOIS WHOWAS.\n"
+    "HELP <command> describes one.",
+    "AWAY": "AWAY [:message] - mark yourself away (no message: back)",
+    "HELP": "HELP [command] - this help",
+    "ISON": "ISON nick ... - which of these nicks are online",
+    "JOIN": "JOIN #room[,#room] - enter rooms; JOIN 0 leaves them all",
+    "LIST": "LIST [#room,...] - the rooms, their member counts and topics",
+    "LUSERS": "LUSERS - how many users are online",
+    "MODE": "MODE #room | MODE nick - show modes (they cannot be changed)",
+    "MOTD": "MOTD - the message of the day",
+    "NAMES": "NAMES #room - who is in a room",
+    "NICK": "NICK newnick - change your name (a chatsvc name: letters, digits, _ - .)",
+    "NOTICE": "NOTICE target :text - like PRIVMSG, never answered automatically",
+    "PART": "PART #room[,#room] [:message] - leave rooms",
+    "PING": "PING token - the server answers PONG with the token",
+    "PRIVMSG": "PRIVMSG #room|nick :text - talk in a room or to a user of either protocol",
+    "QUIT": "QUIT [:message] - leave the server",
+    "TIME": "TIME - the server's time",
+    "TOPIC": "TOPIC #room - show the topic (topics are set in the server's configuration)",
+    "USERHOST": "USERHOST nick ... - user and host of up to five nicks",
+    "VERSION": "VERSION - the server's version",
+    "WHO": "WHO #room | WHO nick | WHO mask - list users",
+    "WHOIS": "WHOIS nick - about a user",
+    "WHOWAS": "WHOWAS nick [count] - about an IRC user who left",
+}
+
 # Numerics whose last parameter is a list or free text: always written with ':'.
 _TEXT_NUMERICS = frozenset({"301", "302", "303", "311", "314", "319", "322", "332", "352", "353"})
 # Commands allowed before registration; anything else gets 451.
@@ -723,6 +753,28 @@ class IrcSession:
 
     def cmd_lusers(self, msg: Message) -> None:
         self.send(*self._lusers())
+
+    def cmd_help(self, msg: Message) -> None:
+        subject = msg.params[0].upper() if msg.params and msg.params[0] else "*"
+        text = HELP.get(subject.lstrip("*") or "*")
+        if text is None:
+            self.reply("524", msg.params[0], "No help available on this topic")
+            return
+        first, *rest = text.split("\n")
+        self.send(
+            self.num("704", subject, first),
+            *(self.num("705", subject, ln) for ln in rest),
+            self.num("706", subject, "End of /HELP"),
+        )
+
+    def cmd_helpop(self, msg: Message) -> None:
+        self.cmd_help(msg)
+
+    def cmd_links(self, msg: Message) -> None:
+        self.send(
+            self.num("364", self.server_name, self.server_name, f"0 {self.hub.cfg.irc.network}"),
+            self.num("365", "*", "End of /LINKS list"),
+        )
 
     def cmd_version(self, msg: Message) -> None:
         self.reply("351", f"chatsvc-{__version__}.", self.server_name, "")

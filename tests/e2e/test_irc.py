@@ -521,3 +521,18 @@ def test_who_and_whois_show_what_user_gave(irc_server: Any) -> None:
         alice.send("WHOIS alice")
         assert alice.expect(" 311 ") == ":chatsvc 311 alice alice al1ce chatsvc * :Alice Liddell"
         assert alice.expect(" 301 ") == ":chatsvc 301 alice alice :out"
+
+
+def test_help_and_links(irc_server: Any) -> None:
+    h = irc_server()
+    with irc_client(h, "alice") as alice:
+        alice.send("HELP privmsg")
+        assert alice.expect(" 704 ").startswith(":chatsvc 704 alice PRIVMSG :PRIVMSG #room|nick")
+        alice.expect(" 706 alice PRIVMSG ")
+        alice.send("HELP")
+        alice.expect(" 706 alice * ")
+        alice.send("HELP FROB")
+        alice.expect(" 524 alice FROB ")
+        alice.send("LINKS")
+        assert alice.expect(" 364 ") == ":chatsvc 364 alice chatsvc chatsvc :0 chatsvc"
+        alice.expect(" 365 alice * ")
