@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -536,3 +539,44 @@ def test_help_and_links(irc_server: Any) -> None:
         alice.send("LINKS")
         assert alice.expect(" 364 ") == ":chatsvc 364 alice chatsvc chatsvc :0 chatsvc"
         alice.expect(" 365 alice * ")
+
+
+# --- a real IRC client ----------------------------------------------------------------
+
+
+def _write_fifo(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # ii holds the reading end open
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(shutil.which("ii") is None, reason="the ii IRC client is not installed")
+def test_the_ii_client_chats_with_a_line_client(irc_server: Any, tmp_path: Path) -> None:
+    h = irc_server()
+    host, port = h.server.irc_address
+    proc = subprocess.Popen(
+        ["ii", "-s", host, "-p", str(port), "-n", "iiuser", "-i", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        server_dir = tmp_path / host
+        wait_until(lambda: (server_dir / "in").exists(), what="ii's server fifo")
+        with logged_in(h.host, h.port, "bob") as bob:
+            wait_until(lambda: "iiuser" in h.hub.names(), what="ii registered")
+            _write_fifo(server_dir / "in", "/j #lobby\n")
+            bob.expect("* iiuser joined lobby")
+            chan = server_dir / "#lobby"
+            wait_until(lambda: (chan / "in").exists(), what="ii's channel fifo")
+            _write_fifo(chan / "in", "hello from ii\n")
+            bob.expect("[lobby] iiuser: hello from ii")
+            bob.send("hi ii")
+            wait_until(
+                lambda: "<bob> hi ii" in (chan / "out").read_text(errors="replace"),
+                what="ii's channel log",
+            )
+    finally:
+        proc.terminate()
+        proc.wait(5)
