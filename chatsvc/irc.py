@@ -716,8 +716,9 @@ class IrcSession:
             self.num("251", f"There are {n} users and 0 invisible on 1 servers"),
             self.num("254", str(len(self.hub.cfg.rooms.names)), "channels formed"),
             self.num("255", f"I have {n} clients and 0 servers"),
-            self.num("265", str(n), str(n), f"Current local users {n}, max {n}"),
-            self.num("266", str(n), str(n), f"Current global users {n}, max {n}"),
+            # the optional counts are left out: chatsvc keeps no all-time maximum
+            self.num("265", f"Current local users: {n}"),
+            self.num("266", f"Current global users: {n}"),
         ]
 
     def _motd(self) -> list[str]:
