@@ -253,3 +253,34 @@ def test_wire_lines_add_a_colon_only_when_needed() -> None:
     assert irc.line("s", "001", "bob", "two words") == ":s 001 bob :two words\r\n"
     assert irc.line("s", "332", "bob", "#a", "") == ":s 332 bob #a :\r\n"
     assert irc.line("", "PING", ":x") == "PING ::x\r\n"
+
+
+def test_the_hub_renders_a_room_line_once_per_capability_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chatsvc.config import Config
+    from chatsvc.hub import Hub, Member
+
+    hub = Hub(Config())
+    plain = dialect_for("chatsvc", "chatsvc", frozenset())
+    timed = dialect_for("chatsvc", "chatsvc", frozenset({"server-time"}))
+    members = [Member(dialect=plain) for _ in range(10)] + [Member(dialect=timed) for _ in range(5)]
+    members.append(Member())  # a line-protocol member
+    for i, m in enumerate(members):
+        assert hub.add(m) is None
+        assert hub.login(m, f"user{i}", join_default=False) is None
+        assert hub.enter(m, "lobby") is None
+    for m in members:
+        m.outbox.clear()
+    calls: list[irc.IrcDialect] = []
+    real = irc.IrcDialect.render
+
+    def counting(self: irc.IrcDialect, event: events.Event) -> bytes:
+        calls.append(self)
+        return real(self, event)
+
+    monkeypatch.setattr(irc.IrcDialect, "render", counting)
+    hub.say(members[-1], "hello", "lobby")
+    assert sorted(map(id, calls)) == sorted([id(plain), id(timed)])
+    assert members[0].outbox[0] is members[9].outbox[0]  # the same bytes object
+    assert members[-1].outbox == [b"[lobby] user15: hello\n"]
