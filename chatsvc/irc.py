@@ -852,8 +852,12 @@ class IrcSession:
             self.reply("366", "*", "End of /NAMES list")
             return
         out: list[str] = []
+        seen: set[Optional[str]] = set()
         for channel in msg.params[0].split(","):
             room = self.room_of(channel)
+            if room in seen:
+                continue  # "NAMES #big,#big,..." must not multiply one long reply
+            seen.add(room)
             if room is None:
                 out.append(self.num("366", channel, "End of /NAMES list"))
             else:

@@ -254,7 +254,9 @@ class ChatServer:
                 for fd, _ in poller.poll(timeout * 1000):
                     if fd == self._wake.read_fd:
                         self._wake.drain()
-                    elif not self.stop_requested and not self._accept_batch(listeners[fd]):
+                    elif self.stop_requested or self._accept_resume:
+                        continue  # stopping, or resting after the other listener ran out
+                    elif not self._accept_batch(listeners[fd]):
                         for lfd in listeners:
                             poller.unregister(lfd)
                         self._accept_resume = time.monotonic() + ACCEPT_BACKOFF

@@ -580,3 +580,11 @@ def test_the_ii_client_chats_with_a_line_client(irc_server: Any, tmp_path: Path)
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_names_of_one_room_named_many_times_is_answered_once(irc_server: Any) -> None:
+    h = irc_server()
+    with irc_client(h, "alice") as alice:
+        alice.send("NAMES #lobby,#LOBBY,#lobby,#nope,#nope")
+        lines = alice.sync()
+        assert [ln.split()[3] for ln in lines if " 366 " in ln] == ["#lobby", "#nope"]
