@@ -466,8 +466,9 @@ class IrcSession:
         """The nick numerics are addressed to (``*`` before registration)."""
         return self.member.name or "*"
 
-    def num(self, code: str, *params: str) -> str:
-        return line(self.server_name, code, self.me, *params, colon=code in _TEXT_NUMERICS)
+    def num(self, code: str, *params: str, colon: bool = False) -> str:
+        colon = colon or code in _TEXT_NUMERICS
+        return line(self.server_name, code, self.me, *params, colon=colon)
 
     def send(self, *lines: str) -> None:
         text = "".join(lines)
@@ -698,13 +699,14 @@ class IrcSession:
             f"CHANNELLEN={33} CHANTYPES=# MAXTARGETS={MAX_TARGETS} "
             f"NETWORK={irc.network} NICKLEN={cfg.limits.name_max_length} PREFIX=(ov)@+ "
             f"TARGMAX=JOIN:,PART:,PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},WHOIS:1 "
-            f"TOPICLEN=300 UTF8ONLY"
+            f"TOPICLEN=300 UTF8ONLY WHOX"
         ).split()
         self.send(
             self.num("002", f"Your host is {irc.server_name}, running version {version}"),
             self.num("003", f"This server was created {started}"),
             self.num("004", irc.server_name, version, "i", "nt"),
-            self.num("005", *isupport, "are supported by this server"),
+            self.num("005", *isupport[:10], "are supported by this server"),
+            self.num("005", *isupport[10:], "are supported by this server"),
             *self._lusers(),
             *self._motd(),
         )
@@ -1021,20 +1023,23 @@ class IrcSession:
 
     def cmd_who(self, msg: Message) -> None:
         mask = msg.params[0] if msg.params and msg.params[0] else "*"
-        out: list[str] = []
+        fields = msg.params[1] if len(msg.params) > 1 and msg.params[1].startswith("%") else ""
+        hits: list[tuple[str, str]] = []  # (channel, name)
         room = self.room_of(mask)
         if room is not None:
-            for name in self.hub.who(self.member, room).names:
-                out.append(self._who_line("#" + room, name))
+            hits = [("#" + room, name) for name in self.hub.who(self.member, room).names]
         elif not mask.startswith("#") and "*" not in mask and "?" not in mask:
             user = self.hub.user(mask)
             if user is not None:
-                out.append(self._who_line("*", str(user["name"])))
+                hits = [("*", str(user["name"]))]
         elif not mask.startswith("#"):
             pattern = re.compile(fnmatch.translate(irc_lower(mask)))
             names = sorted(str(u["name"]) for u in self.hub.users())
-            hits = [n for n in names if pattern.match(irc_lower(n))][:WHO_MAX]
-            out += [self._who_line("*", name) for name in hits]
+            hits = [("*", n) for n in names if pattern.match(irc_lower(n))][:WHO_MAX]
+        if fields:
+            out = [self._whox_line(channel, name, fields) for channel, name in hits]
+        else:
+            out = [self._who_line(channel, name) for channel, name in hits]
         out.append(self.num("315", mask, "End of /WHO list"))
         self.send(*out)
 
@@ -1045,6 +1050,32 @@ class IrcSession:
         return self.num(
             "352", channel, ident.user, server, server, name, flags, "0 " + ident.realname
         )
+
+    def _whox_line(self, channel: str, name: str, spec: str) -> str:
+        """WHOX (IRCv3): the asked-for fields, always in the order t c u i h s n f d l a o r."""
+        wanted, _, token = spec[1:].partition(",")
+        ident = IDENTS.get(name)
+        user = self.hub.user(name) if "l" in wanted else None
+        server = self.server_name
+        values = {
+            "t": token[:3] or "0",
+            "c": channel,
+            "u": ident.user,
+            "i": "255.255.255.255",  # addresses are not shown to other users
+            "h": server,
+            "s": server,
+            "n": name,
+            "f": "G" if ident.away else "H",
+            "d": "0",
+            "l": str(int(user["idle"])) if user is not None else "0",
+            "a": "0",  # no accounts
+            "o": "n/a",
+            "r": ident.realname,
+        }
+        params = [values[f] for f in "tcuihsnfdlaor" if f in wanted]
+        if not params:
+            return ""
+        return self.num("354", *params, colon="r" in wanted)
 
     def cmd_whowas(self, msg: Message) -> None:
         if not msg.params or not msg.params[0]:

@@ -588,3 +588,19 @@ def test_names_of_one_room_named_many_times_is_answered_once(irc_server: Any) ->
         alice.send("NAMES #lobby,#LOBBY,#lobby,#nope,#nope")
         lines = alice.sync()
         assert [ln.split()[3] for ln in lines if " 366 " in ln] == ["#lobby", "#nope"]
+
+
+def test_whox_fields_come_in_the_standard_order(irc_server: Any) -> None:
+    h = irc_server()
+    with irc_client(h, "alice") as alice, logged_in(h.host, h.port, "bob"):
+        isupport = " ".join(ln for ln in alice.seen if " 005 " in ln)
+        assert " WHOX " in isupport + " "
+        alice.send("WHO bob %rnt,42")
+        assert alice.expect(" 354 ") == ":chatsvc 354 alice 42 bob :bob"
+        alice.expect(" 315 alice bob ")
+        alice.send("WHO #lobby %cuhsnfdlaor")
+        reply = alice.expect(" 354 ").split()
+        channel, user, host, server, nick, flags, hops, idle, account, oplevel = reply[3:13]
+        assert (channel, user, host, server, nick) == ("#lobby", "bob", "chatsvc", "chatsvc", "bob")
+        assert (flags, hops, account, oplevel, reply[13]) == ("H", "0", "0", "n/a", ":bob")
+        assert idle.isdigit()
