@@ -97,7 +97,7 @@ def parse_line(raw: bytes) -> Optional[Message]:
         tags = _parse_tags(raw[1:end].decode("utf-8", "replace"))
         raw = raw[end + 1 :]
     raw = raw.lstrip(b" ")
-    command_guess = raw.split(b" ", 1)[0][:20].decode("ascii", "replace").upper() or "*"
+    command_guess = _command_guess(raw)
     if len(raw) > MAX_BODY:
         raise IrcParseError("input_too_long", command_guess)
     try:
@@ -120,6 +120,15 @@ def parse_line(raw: bytes) -> Optional[Message]:
     if sep:
         params.append(trailing)
     return Message(tags, source, words[0].upper(), tuple(params[:MAX_PARAMS]))
+
+
+def _command_guess(raw: bytes) -> str:
+    """The command word of a line that could not be decoded, for ``FAIL <command>``."""
+    words = [w for w in raw.split(b" ", 2) if w]
+    if words and words[0].startswith(b":"):
+        words = words[1:]
+    word = re.sub(rb"[^A-Za-z0-9]", b"", words[0][:20]) if words else b""
+    return word.decode().upper() or "*"
 
 
 _TAG_UNESCAPE = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}

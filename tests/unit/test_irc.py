@@ -80,6 +80,12 @@ def test_invalid_utf8_and_nul_are_refused_naming_the_command() -> None:
     assert (info.value.code, info.value.command) == ("invalid_utf8", "PRIVMSG")
     with pytest.raises(IrcParseError):
         parse_line(b"PRIVMSG #a :a\x00b")
+    with pytest.raises(IrcParseError) as info:
+        parse_line(b":forged!x@y notice #a :\xff")  # the source is not the command
+    assert info.value.command == "NOTICE"
+    with pytest.raises(IrcParseError) as info:
+        parse_line(b":\xff\xfe")
+    assert info.value.command == "*"
 
 
 @given(st.binary(max_size=600))
