@@ -604,3 +604,24 @@ def test_whox_fields_come_in_the_standard_order(irc_server: Any) -> None:
         assert (channel, user, host, server, nick) == ("#lobby", "bob", "chatsvc", "chatsvc", "bob")
         assert (flags, hops, account, oplevel, reply[13]) == ("H", "0", "0", "n/a", ":bob")
         assert idle.isdigit()
+
+
+def test_motd_and_topics_follow_a_reload(irc_server: Any) -> None:
+    h = irc_server(irc={"motd": "old"})
+    with irc_client(h, "alice") as alice:
+        h.hub.apply(config.with_overrides(h.hub.cfg, irc={"motd": "new", "topics": {"team": "T"}}))
+        alice.send("MOTD")
+        assert alice.expect(" 372 ") == ":chatsvc 372 alice :- new"
+        alice.send("TOPIC #team")
+        assert alice.expect(" 332 ") == ":chatsvc 332 alice #team :T"
+
+
+def test_an_address_ban_refuses_irc_connections_too(irc_server: Any) -> None:
+    h = irc_server()
+    with irc_client(h, "alice") as alice:
+        assert h.hub.ban_address("127.0.0.1", 60, "spam") == 1
+        assert alice.expect("ERROR") == "ERROR :Closing link: kicked (spam)"
+    with irc_client(h) as again:
+        assert again.lines_until_eof() == [
+            "ERROR :Closing link: your address is banned from this server"
+        ]
