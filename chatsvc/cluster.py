@@ -392,6 +392,10 @@ class ClusterBackend:
             self._control.put(("release", [m.key, m.claim], []))
             m.claim = ""
 
+    def release_name(self, key: str, claim: str) -> None:
+        if claim:
+            self._control.put(("release", [key, claim], []))
+
     def rooms_changed(self, m: Member) -> None:
         if m.key is not None and m.claim:
             record = json.dumps([m.claim, m.name, list(m.rooms)])

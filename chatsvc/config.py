@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from chatsvc.errors import ConfigError
-from chatsvc.protocol import NAME_RE
+from chatsvc.protocol import NAME_RE, text_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,6 +53,11 @@ RESTART_KEYS = frozenset(
         "cluster.heartbeat",
         "cluster.history",
         "cluster.publish_queue",
+        "irc.enabled",
+        "irc.host",
+        "irc.port",
+        "irc.server_name",
+        "irc.network",
     }
 )
 
@@ -117,6 +122,22 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class IrcConfig:
+    """The IRC listener (docs/irc.md); off by default."""
+
+    enabled: bool = False
+    host: str = ""  # empty: the [server] host
+    port: int = 6667
+    server_name: str = "chatsvc"
+    network: str = "chatsvc"
+    motd: str = ""  # empty: clients get 422 (no MOTD)
+    topics: tuple[tuple[str, str], ...] = ()  # (room, topic); a table in the file
+
+    def topic(self, room: str) -> str:
+        return next((t for r, t in self.topics if r == room), "")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
@@ -124,6 +145,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    irc: IrcConfig = field(default_factory=IrcConfig)
     source: Optional[str] = None  # the file it came from; None for built-in defaults
 
 
@@ -241,6 +263,54 @@ def _pattern(rx: re.Pattern[str], what: str) -> Validator:
     return check
 
 
+def _optional_host(v: Any, bad: Bad) -> str:
+    if v == "":
+        return ""
+    try:
+        return str(_host(v, bad))
+    except ConfigError:
+        raise bad('an IP address or host name, or "" for the [server] host') from None
+
+
+_SERVER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
+_NETWORK_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
+MAX_TOPIC = 300  # characters; an IRC line is 512 bytes with the prefix and numerics
+MAX_MOTD_LINE = 300
+
+
+def _server_name(v: Any, bad: Bad) -> str:
+    if not isinstance(v, str) or not _SERVER_NAME_RE.fullmatch(v):
+        raise bad("a server name of letters, digits, '.' and '-' (at most 63)")
+    return v
+
+
+def _network(v: Any, bad: Bad) -> str:
+    if not isinstance(v, str) or not _NETWORK_RE.fullmatch(v):
+        raise bad("a network name of 1-32 letters, digits, '.', '_', '-'")
+    return v
+
+
+def _motd(v: Any, bad: Bad) -> str:
+    if not isinstance(v, str):
+        raise bad("a string (lines separated by newlines; empty for none)")
+    for line in v.split("\n"):
+        if len(line) > MAX_MOTD_LINE or text_problem(line):
+            raise bad(f"lines of at most {MAX_MOTD_LINE} characters without control characters")
+    return v
+
+
+def _topics(v: Any, bad: Bad) -> tuple[tuple[str, str], ...]:
+    expected = f"a table of room = topic (at most {MAX_TOPIC} characters, no control characters)"
+    if not isinstance(v, dict):
+        raise bad(expected)
+    out = []
+    for room, topic in v.items():
+        if not isinstance(topic, str) or len(topic) > MAX_TOPIC or text_problem(topic):
+            raise bad(expected)
+        out.append((_room_name(room, bad), topic))
+    return tuple(out)
+
+
 SCHEMA: dict[str, tuple[type[Any], dict[str, Validator]]] = {
     "server": (
         ServerConfig,
@@ -296,7 +366,21 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Validator]]] = {
             "unavailable_after": _number(0.1, 3600),
         },
     ),
+    "irc": (
+        IrcConfig,
+        {
+            "enabled": _bool,
+            "host": _optional_host,
+            "port": _int(0, 65535),
+            "server_name": _server_name,
+            "network": _network,
+            "motd": _motd,
+            "topics": _topics,
+        },
+    ),
 }
+
+TABLE_KEYS = frozenset({"topics"})  # stored as pairs, written as a TOML table
 
 
 OCTAL_KEYS = frozenset({"mode"})  # shown as 0o660, in errors and in render_toml
@@ -372,7 +456,25 @@ def from_mapping(data: Mapping[str, Any], source: str | None = None) -> Config:
             "one of the rooms in rooms.names (" + ", ".join(cfg.rooms.names) + ")",
             repr(cfg.rooms.default),
         )
+    _check_irc(cfg, where)
     return cfg
+
+
+def _check_irc(cfg: Config, where: str) -> None:
+    """Cross-section checks of [irc]: topics for existing rooms, a port of its own."""
+    for room, _ in cfg.irc.topics:
+        if room not in cfg.rooms.names:
+            raise ConfigError(
+                where,
+                f"irc.topics.{room}",
+                "a room in rooms.names (" + ", ".join(cfg.rooms.names) + ")",
+                repr(room),
+            )
+    irc, server = cfg.irc, cfg.server
+    if irc.enabled and irc.port and irc.port == server.port and irc.host in ("", server.host):
+        raise ConfigError(
+            where, "irc.port", f"a port other than server.port ({server.port})", str(irc.port)
+        )
 
 
 def load(path: str | os.PathLike[str]) -> Config:
@@ -449,7 +551,10 @@ def to_mapping(cfg: Config) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for section in SCHEMA:
         values = dataclasses.asdict(getattr(cfg, section))
-        out[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        out[section] = {
+            k: dict(v) if k in TABLE_KEYS else list(v) if isinstance(v, tuple) else v
+            for k, v in values.items()
+        }
     return out
 
 
@@ -477,6 +582,9 @@ def _toml_value(key: str, v: Any) -> str:
         return '"' + escaped + '"'
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value("", x) for x in v) + "]"
+    if isinstance(v, dict):
+        items = [f"{_toml_value('', k)} = {_toml_value('', x)}" for k, x in v.items()]
+        return "{" + ", ".join(items) + "}"
     return repr(v)
 
 

@@ -146,6 +146,7 @@ _LINE_TABLE: dict[type[Any], Callable[[Any], str]] = {
     events.Joined: lambda e: f"* {e.name} joined {e.room}\n",
     events.Left: _left,
     events.Kicked: lambda e: f"* {e.name} was kicked ({e.reason})\n",
+    events.Renamed: lambda e: f"* {e.old} is now known as {e.new}\n",
     events.Announcement: lambda e: f"* {e.text}\n",
     events.ShuttingDown: lambda e: f"* {shutdown_text(e.seconds, e.reason)}\n",
     events.Private: _private,
@@ -158,6 +159,7 @@ _LINE_TABLE: dict[type[Any], Callable[[Any], str]] = {
     events.WhoList: _who,
     events.Help: lambda e: _HELP,
     events.Error: lambda e: f"! {error_text(e)}\n",
+    events.Raw: lambda e: e.text,
 }
 
 

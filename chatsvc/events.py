@@ -18,10 +18,13 @@ from typing import Any, NamedTuple, Optional, Union
 
 
 class Chat(NamedTuple):
+    """``notice``: sent as an IRC NOTICE (never auto-answered); the line protocol ignores it."""
+
     room: str
     sender: str
     text: str
     time: float
+    notice: bool = False
 
 
 class Joined(NamedTuple):
@@ -49,6 +52,14 @@ class Kicked(NamedTuple):
     reason: str
 
 
+class Renamed(NamedTuple):
+    """A member of the room changed its name (IRC ``NICK``)."""
+
+    room: str
+    old: str
+    new: str
+
+
 class Announcement(NamedTuple):
     """An operator's broadcast (to one room, or to all when ``room`` is None)."""
 
@@ -67,13 +78,14 @@ class ShuttingDown(NamedTuple):
 
 
 class Private(NamedTuple):
-    """A private message; ``echo`` is the sender's own copy."""
+    """A private message; ``echo`` is the sender's own copy; ``notice`` as in Chat."""
 
     sender: str
     target: str
     text: str
     time: float
     echo: bool = False
+    notice: bool = False
 
 
 class Welcome(NamedTuple):
@@ -122,6 +134,17 @@ class Error(NamedTuple):
     params: Mapping[str, object] = {}
 
 
+class Raw(NamedTuple):
+    """Lines a session already worded for its own member (IRC numerics).
+
+    Only ever told to that one member (``Hub.tell``), never fanned out: IRC
+    replies name their recipient, so they cannot be rendered once per dialect.
+    Every dialect passes the text through unchanged.
+    """
+
+    text: str
+
+
 def error(code: str, **params: object) -> Error:
     return Error(code, params)
 
@@ -151,12 +174,13 @@ ERROR_CODES = frozenset(
     }
 )
 
-RoomEvent = Union[Chat, Joined, Left, Kicked, Announcement, ShuttingDown]
+RoomEvent = Union[Chat, Joined, Left, Kicked, Renamed, Announcement, ShuttingDown]
 Event = Union[
     Chat,
     Joined,
     Left,
     Kicked,
+    Renamed,
     Announcement,
     ShuttingDown,
     Private,
@@ -169,13 +193,14 @@ Event = Union[
     WhoList,
     Help,
     Error,
+    Raw,
 ]
 
 
 # --- the wire form between nodes (cluster mode) ------------------------------------
 
 _BY_NAME: dict[str, type[Any]] = {
-    cls.__name__: cls for cls in (Chat, Joined, Left, Kicked, Announcement, Private)
+    cls.__name__: cls for cls in (Chat, Joined, Left, Kicked, Renamed, Announcement, Private)
 }
 
 

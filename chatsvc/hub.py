@@ -66,7 +66,8 @@ class Member:
     """One connection as the hub sees it.  Fields by owner:
 
     * fixed at creation, read by anyone: ``addr``, ``port``, ``connected_at``,
-      ``connected_mono``, ``dialect``, ``link`` (the writer's per-connection
+      ``connected_mono``, ``link``; ``dialect`` too, except that an IRC session
+      may switch it through ``Hub.set_dialect`` (under the lock) (the writer's per-connection
       state; only the writer thread looks inside it);
     * written by the member's reader thread only, read without the lock by
       the reaper and the views (single attribute stores): ``last_active``,
@@ -165,6 +166,10 @@ class RoomBackend(Protocol):
 
     def release(self, m: Member) -> None: ...
 
+    def release_name(self, key: str, claim: str) -> None:
+        """Free a name this node claimed (after a rename)."""
+        ...
+
     def rooms_changed(self, m: Member) -> None: ...
 
     def send_private(self, node: str, event: events.Private) -> bool: ...
@@ -197,6 +202,9 @@ class LocalBackend:
         return None
 
     def release(self, m: Member) -> None:
+        pass
+
+    def release_name(self, key: str, claim: str) -> None:
         pass
 
     def rooms_changed(self, m: Member) -> None:
@@ -344,7 +352,8 @@ class Hub:
             if room in self.rooms:
                 if origin:
                     self._mirror(room, event, origin)
-                quiet = isinstance(event, (events.Joined, events.Left, events.Kicked)) and (
+                membership = (events.Joined, events.Left, events.Kicked, events.Renamed)
+                quiet = isinstance(event, membership) and (
                     len(self.rooms[room]) > self.cfg.rooms.announce_limit
                 )
                 if not quiet:
@@ -359,6 +368,12 @@ class Hub:
             key = event.name.casefold()
             self.remote_rooms[room][key] = event.name
             self.remote_nodes[key] = node
+        elif isinstance(event, events.Renamed):
+            old, new = event.old.casefold(), event.new.casefold()
+            self.remote_rooms[room].pop(old, None)
+            self.remote_rooms[room][new] = event.new
+            self.remote_nodes.pop(old, None)
+            self.remote_nodes[new] = node
         elif isinstance(event, (events.Left, events.Kicked)):
             key = event.name.casefold()
             self.remote_rooms[room].pop(key, None)
@@ -493,6 +508,56 @@ class Hub:
         _wake(owed)
         return None
 
+    def rename(self, m: Member, name: str) -> Optional[Error]:
+        """Change a logged-in member's name (IRC ``NICK``); why not, if refused.
+
+        Its rooms are told (as joins are: not past ``announce_limit``) and the
+        member gets its own ``Renamed``.  A change of case only is allowed.
+        """
+        key = name.casefold()
+        old_claim = m.claim
+        if self.backend.spans_nodes and key != m.key:  # claim the new name cluster-wide
+            with self.lock:
+                taken = key in self.by_name
+            claimed = self.backend.claim(m, key) if not taken else None
+            if taken or claimed is not None:
+                m.claim = old_claim
+                if taken or (claimed is not None and claimed.code == "name_taken"):
+                    return events.error("name_taken", name=name)
+                return claimed
+        with self.lock:
+            refusal = self._rename_refusal(m, name, key)
+            if refusal is not None:
+                if m.claim != old_claim:  # give back the new claim, keep the old
+                    self.backend.release_name(key, m.claim)
+                    m.claim = old_claim
+                return refusal
+            if m.claim != old_claim and m.key is not None:
+                self.backend.release_name(m.key, old_claim)
+            old = m.name or "?"
+            del self.by_name[m.key or ""]
+            m.name, m.key = name, key
+            self.by_name[key] = m
+            for room in m.rooms:
+                self._announce_membership(room, events.Renamed(room, old, name), m)
+            self.backend.rooms_changed(m)
+            self._put(m, events.Renamed(m.room or "", old, name), reply=True)
+            owed = self._owed()
+        _wake(owed)
+        return None
+
+    def _rename_refusal(self, m: Member, name: str, key: str) -> Optional[Error]:
+        """Why ``m`` may not take ``name`` now; lock held."""
+        if m.name is None or m.key is None or m.close_reason is not None:
+            return events.error("closing")
+        expiry = self.bans.get(key)
+        if expiry is not None and expiry > time.monotonic():
+            return events.error("name_banned", name=name, seconds=expiry - time.monotonic())
+        holder = self.by_name.get(key)
+        if holder is not None and holder is not m:
+            return events.error("name_taken", name=name)
+        return None
+
     def enter(self, m: Member, room: str) -> Optional[Error]:
         """Join ``room`` as well as the rooms ``m`` is in (IRC); why not, if refused.
 
@@ -531,7 +596,9 @@ class Hub:
         _wake(owed)
         return None
 
-    def say(self, m: Member, text: str, room: Optional[str] = None) -> Optional[str]:
+    def say(
+        self, m: Member, text: str, room: Optional[str] = None, notice: bool = False
+    ) -> Optional[str]:
         """Chat to ``room`` (default: ``m``'s one room); returns the room (None if not in it).
 
         The sender gets its own line back when its dialect echoes (the line
@@ -548,14 +615,14 @@ class Hub:
             self.bytes_in += len(text.encode())
             m.msgs_sent += 1
             exclude = None if m.dialect.echo_own else m
-            chat = events.Chat(room, m.name, text, time.time())
+            chat = events.Chat(room, m.name, text, time.time(), notice)
             if not self.backend.publish(room, chat, exclude):
                 self._put(m, events.error("cluster_unavailable"), reply=True)
             owed = self._owed()
         _wake(owed)
         return room
 
-    def private(self, m: Member, target: str, text: str) -> Optional[Error]:
+    def private(self, m: Member, target: str, text: str, notice: bool = False) -> Optional[Error]:
         """A private message; why not, if the target is unknown."""
         with self.lock:
             key = target.casefold()
@@ -568,21 +635,30 @@ class Hub:
             now = time.time()
             if peer is not None:
                 peer_name = peer.name or target
-                self.bytes_out += self._put(peer, events.Private(m.name, peer_name, text, now))
+                msg = events.Private(m.name, peer_name, text, now, notice=notice)
+                self.bytes_out += self._put(peer, msg)
             else:
                 peer_name = next(
                     (names[key] for names in self.remote_rooms.values() if key in names), target
                 )
-                sent = events.Private(m.name, peer_name, text, now)
-                if node is None or not self.backend.send_private(node, sent):
+                msg = events.Private(m.name, peer_name, text, now, notice=notice)
+                if node is None or not self.backend.send_private(node, msg):
                     return events.error("cluster_unavailable")
             self.messages_in += 1
             self.bytes_in += len(text.encode())
             m.msgs_sent += 1
-            self._put(m, events.Private(m.name, peer_name, text, now, echo=True), reply=True)
+            self._put(m, msg._replace(echo=True), reply=True)
             owed = self._owed()
         _wake(owed)
         return None
+
+    def set_dialect(self, m: Member, dialect: Dialect) -> None:
+        """Switch ``m`` to another dialect (IRC capability negotiation).
+
+        Under the lock, so every event is rendered wholly in the old or the new one.
+        """
+        with self.lock:
+            m.dialect = dialect
 
     def tell(self, m: Member, *evs: Event) -> None:
         """Events for one member only: replies to its commands, errors."""
@@ -608,7 +684,14 @@ class Hub:
     # --- closing -----------------------------------------------------------------
 
     def _begin_close(
-        self, m: Member, reason: str, final: Optional[Event], *, flush: bool, kicked: str = ""
+        self,
+        m: Member,
+        reason: str,
+        final: Optional[Event],
+        *,
+        flush: bool,
+        kicked: str = "",
+        text: str = "",
     ) -> bool:
         """Start closing ``m``: leave its room, queue ``final``, hand it to the writer.
 
@@ -624,11 +707,11 @@ class Hub:
             self._put(m, final)
         if not flush:
             self._drop_outbox(m)
-        self._detach(m, reason, kicked)
+        self._detach(m, reason, kicked, text)
         m.mailbox.to_close.append(m)
         return True
 
-    def _detach(self, m: Member, reason: str, kicked: str = "") -> None:
+    def _detach(self, m: Member, reason: str, kicked: str = "", text: str = "") -> None:
         """Take ``m`` out of its room and the name map, telling the room; lock held."""
         if m.name is not None:
             quiet = self.shutting_down or reason in ("shutdown", "fenced")
@@ -637,21 +720,29 @@ class Hub:
                 if kicked:
                     self._announce_membership(room, events.Kicked(room, m.name, kicked), m)
                 elif not quiet:
-                    self._announce_membership(room, events.Left(room, m.name, reason), m)
+                    self._announce_membership(room, events.Left(room, m.name, reason, text), m)
                 elif self.backend.spans_nodes and reason != "fenced":
                     # this node stops: its own members need no word, the others do
-                    self.backend.publish(room, events.Left(room, m.name, reason), m)
+                    self.backend.publish(room, events.Left(room, m.name, reason, text), m)
             m.rooms = {}
         if m.key is not None and self.by_name.get(m.key) is m:
             del self.by_name[m.key]
             self.backend.release(m)
 
     def close(
-        self, m: Member, reason: str, final: Optional[Event] = None, flush: bool = True
+        self,
+        m: Member,
+        reason: str,
+        final: Optional[Event] = None,
+        flush: bool = True,
+        text: str = "",
     ) -> bool:
-        """Begin a server-side close (bye, idle, flood, ...); False if already closing."""
+        """Begin a server-side close (bye, idle, flood, ...); False if already closing.
+
+        ``text``: the member's parting words (IRC ``QUIT :text``), told to its rooms.
+        """
         with self.lock:
-            began = self._begin_close(m, reason, final, flush=flush)
+            began = self._begin_close(m, reason, final, flush=flush, text=text)
             owed = self._owed()
         _wake(owed)
         return began
@@ -907,23 +998,17 @@ class Hub:
                 }
                 for key, rooms in remote.items()
             ]
-            return others + [
-                {
-                    "name": m.name,
-                    "room": m.room,
-                    "rooms": list(m.rooms),
-                    "addr": f"{m.addr}:{m.port}",
-                    "protocol": m.dialect.name,
-                    "connected_at": m.connected_at,
-                    "idle": round(now - m.last_active, 1),
-                    "queued_bytes": m.queued,
-                    "messages": m.msgs_sent,
-                    "throttled": m.throttled,
-                    **({"node": node} if node else {}),
-                }
-                for m in self.members
-                if m.name is not None
-            ]
+            local = [_user_view(m, now, node) for m in self.members if m.name is not None]
+            return local + others
+
+    def user(self, name: str) -> Optional[dict[str, Any]]:
+        """One logged-in user's view (as in ``users``), found by name; None if absent."""
+        now = time.monotonic()
+        with self.lock:
+            m = self.by_name.get(name.casefold())
+            if m is None or m.close_reason is not None:
+                return None
+            return _user_view(m, now, self.backend.node_id)
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -947,6 +1032,25 @@ class Hub:
                     else {}
                 ),
             }
+
+
+def _user_view(m: Member, now: float, node: str = "") -> dict[str, Any]:
+    """A member as the views show it (with its node in cluster mode); lock held."""
+    view = {
+        "name": m.name,
+        "room": m.room,
+        "rooms": list(m.rooms),
+        "addr": f"{m.addr}:{m.port}",
+        "protocol": m.dialect.name,
+        "connected_at": m.connected_at,
+        "idle": round(now - m.last_active, 1),
+        "queued_bytes": m.queued,
+        "messages": m.msgs_sent,
+        "throttled": m.throttled,
+    }
+    if node:
+        view["node"] = node
+    return view
 
 
 def _wake(owed: list[Mailbox]) -> None:

@@ -18,12 +18,12 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from chatsvc import config, events, logsetup, systemd
+from chatsvc import config, events, irc, logsetup, systemd
 from chatsvc.admin import AdminServer
 from chatsvc.config import Config
-from chatsvc.dialects import LINE
+from chatsvc.dialects import LINE, Dialect
 from chatsvc.errors import ConfigError, StartupError
 from chatsvc.hub import Hub, Member
 from chatsvc.outbound import Link, OutboundWriter
@@ -88,6 +88,16 @@ class ChatServer:
             cfg.server.host, cfg.server.port, cfg.server.listen_backlog
         )
         self.listener.setblocking(False)
+        # The IRC listener (docs/irc.md): polled by the same loop, same limits.
+        self.irc_listener: Optional[socket.socket] = None
+        if cfg.irc.enabled:
+            try:
+                self.irc_listener = bind_listener(
+                    cfg.irc.host or cfg.server.host, cfg.irc.port, cfg.server.listen_backlog
+                )
+            except BaseException:
+                self.listener.close()
+                raise
         self.stop_requested = False  # set by signal handlers and request_stop: stop now
         self.reload_requested = False  # set by the SIGHUP handler
         self.stop_reason: Optional[str] = None
@@ -119,6 +129,8 @@ class ChatServer:
                 self.admin = AdminServer(self, admin_path, admin_private_dir)
             except BaseException:
                 self.listener.close()
+                if self.irc_listener is not None:
+                    self.irc_listener.close()
                 raise
 
     def _join_cluster(self, cfg: Config) -> None:
@@ -147,6 +159,13 @@ class ChatServer:
     @property
     def address(self) -> tuple[str, int]:
         host, port = self.listener.getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def irc_address(self) -> Optional[tuple[str, int]]:
+        if self.irc_listener is None:
+            return None
+        host, port = self.irc_listener.getsockname()[:2]
         return str(host), int(port)
 
     @property
@@ -219,11 +238,15 @@ class ChatServer:
         if self.admin is not None:
             self.admin.start()
         host, port = self.address
+        irc_at = self.irc_address
         logsetup.lifecycle.info(
             "server_started",
-            message=f"Server started on {host}:{port}",
+            message=f"Server started on {host}:{port}"
+            + (f", IRC on {irc_at[0]}:{irc_at[1]}" if irc_at else ""),
             host=host,
             port=port,
+            irc_host=irc_at[0] if irc_at else None,
+            irc_port=irc_at[1] if irc_at else None,
             rooms=list(self.cfg.rooms.names),
             pid=os.getpid(),
             admin_socket=self.admin.path if self.admin else None,
@@ -232,7 +255,11 @@ class ChatServer:
         self._watchdog = systemd.watchdog_interval()
         self.started.set()
         poller = select.poll()
-        poller.register(self.listener, select.POLLIN)
+        listeners = {self.listener.fileno(): self.listener}
+        if self.irc_listener is not None:
+            listeners[self.irc_listener.fileno()] = self.irc_listener
+        for fd in listeners:
+            poller.register(fd, select.POLLIN)
         poller.register(self._wake.read_fd, select.POLLIN)
         next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
         try:
@@ -242,14 +269,18 @@ class ChatServer:
                     timeout = min(timeout, max(0.0, self._stop_at - time.monotonic()))
                 if self._accept_resume and time.monotonic() >= self._accept_resume:
                     self._accept_resume = 0.0
-                    poller.register(self.listener, select.POLLIN)
+                    for fd in listeners:
+                        poller.register(fd, select.POLLIN)
                 elif self._accept_resume:
                     timeout = min(timeout, max(0.0, self._accept_resume - time.monotonic()))
                 for fd, _ in poller.poll(timeout * 1000):
                     if fd == self._wake.read_fd:
                         self._wake.drain()
-                    elif not self.stop_requested and not self._accept_batch():
-                        poller.unregister(self.listener)
+                    elif self.stop_requested or self._accept_resume:
+                        continue  # stopping, or resting after the other listener ran out
+                    elif not self._accept_batch(listeners[fd]):
+                        for lfd in listeners:
+                            poller.unregister(lfd)
                         self._accept_resume = time.monotonic() + ACCEPT_BACKOFF
                 if self.reload_requested:
                     self.reload_requested = False
@@ -274,23 +305,24 @@ class ChatServer:
         except Exception:  # a bug while applying: keep serving, keep the traceback
             logsetup.log.exception("config_reload_internal_error")
 
-    def _accept_batch(self) -> bool:
+    def _accept_batch(self, listener: socket.socket) -> bool:
         """Accept what is waiting; False if out of descriptors (the caller backs off)."""
+        is_irc = listener is self.irc_listener
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, peer = self.listener.accept()
+                conn, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._out_of_descriptors(exc)
+                    self._out_of_descriptors(exc, listener)
                     return False
                 self._accept_failed(exc)  # e.g. ECONNABORTED: that one is gone, go on
                 continue
-            self._admit(conn, peer)
+            self._admit(conn, peer, is_irc)
         return True
 
-    def _out_of_descriptors(self, exc: OSError) -> None:
+    def _out_of_descriptors(self, exc: OSError, listener: socket.socket) -> None:
         """Refuse the waiting client with a line, using the reserve descriptor."""
         self._accept_failed(exc)
         if self._reserve_fd is None:
@@ -298,11 +330,11 @@ class ChatServer:
         os.close(self._reserve_fd)
         self._reserve_fd = None
         try:
-            conn, _ = self.listener.accept()
+            conn, _ = listener.accept()
         except OSError:
             pass
         else:
-            _refuse(conn, "no_resources")
+            _refuse(conn, "no_resources", listener is self.irc_listener)
         self._reserve_fd = _open_reserve()
 
     def _accept_failed(self, exc: OSError) -> None:
@@ -313,7 +345,7 @@ class ChatServer:
             self._accept_logged = now
             self._accept_failures = 0
 
-    def _admit(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+    def _admit(self, conn: socket.socket, peer: tuple[str, int], is_irc: bool = False) -> None:
         addr, port = str(peer[0]), int(peer[1])
         conn.setblocking(True)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -321,13 +353,18 @@ class ChatServer:
         # that stops reading, which hid a slow consumer for 13 s before our own
         # send_queue_bytes could see it, and let kernel memory per client grow.
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SNDBUF)
-        member = Member(addr, port, LINE, Link(conn))
+        dialect: Dialect = LINE
+        if is_irc:
+            dialect = irc.dialect_for(self.cfg.irc.server_name, self.cfg.irc.network, frozenset())
+        member = Member(addr, port, dialect, Link(conn))
         refused = self.hub.add(member)
         if refused is not None:
             logsetup.log.warning("client_rejected", addr=addr, port=port, reason=refused)
-            _refuse(conn, refused)
+            _refuse(conn, refused, is_irc)
             return
-        session = Session(self.hub, member, conn)
+        session: Union[Session, irc.IrcSession] = (
+            irc.IrcSession(self.hub, member, conn) if is_irc else Session(self.hub, member, conn)
+        )
         logsetup.log.info("client_connected", addr=addr, port=port, clients=self.hub.count())
         # A bare thread: threading.Thread's start-up handshake doubles the cost of
         # starting one and its objects add ~1.5 KB per client (see bench/README.md).
@@ -340,7 +377,7 @@ class ChatServer:
             logsetup.log.error("thread_start_failed", error=str(exc))
             self.hub.remove(member, "error")
 
-    def _run_session(self, session: Session) -> None:
+    def _run_session(self, session: Union[Session, irc.IrcSession]) -> None:
         try:
             block_process_signals()
             session.run()
@@ -382,6 +419,8 @@ class ChatServer:
             "server_stopping", clients=clients, reason=self.stop_reason, grace=grace
         )
         self.listener.close()
+        if self.irc_listener is not None:
+            self.irc_listener.close()
         self.hub.begin_shutdown(events.ShuttingDown(None, self.stop_reason))
         deadline = time.monotonic() + grace
         forced = not self._wait_sessions_gone(deadline)
@@ -436,10 +475,13 @@ def _open_reserve() -> Optional[int]:
         return None
 
 
-def _refuse(conn: socket.socket, reason: str) -> None:
+def _refuse(conn: socket.socket, reason: str, is_irc: bool = False) -> None:
     """Tell a connection why it is not served, and close it."""
+    line = (
+        irc.refusal_line(reason) if is_irc else LINE.render(events.error("refused", reason=reason))
+    )
     try:
-        conn.send(LINE.render(events.error("refused", reason=reason)), socket.MSG_DONTWAIT)
+        conn.send(line, socket.MSG_DONTWAIT)
         conn.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass

@@ -153,7 +153,12 @@ def node(
             "unavailable_after": 2.0,
             **overrides,
         }
-        path = write_config(tmp_path / f"{name}.toml", _sections(settings))
+        dotted = {k: settings.pop(k) for k in [k for k in settings if "." in k]}
+        sections = _sections(settings)
+        for key, value in dotted.items():  # "irc.port": keys more than one section has
+            section, _, field = key.partition(".")
+            sections.setdefault(section, {})[field] = value
+        path = write_config(tmp_path / f"{name}.toml", sections)
         proc = ServerProcess(["--config", str(path)])
         procs.append(proc)
         proc.wait_started()

@@ -303,3 +303,34 @@ def test_a_password_comes_from_a_file_and_never_reaches_the_log(
         proc.kill()
         server.kill()
     assert all(secret not in line for line in proc.raw_lines)
+
+
+def test_irc_members_share_the_cluster_order_names_and_renames(node: Node) -> None:
+    from tests.e2e.test_irc import IrcClient
+
+    a = node("a", **{"irc.enabled": True, "irc.port": 0})
+    b = node("b")
+    started = next(e for e in a.events if e.get("event") == "server_started")
+    irc_port = int(started["irc_port"])
+    irc = IrcClient(a.host, irc_port)
+    irc.register("ircy", caps=("echo-message",))
+    irc.send("JOIN #lobby")
+    irc.expect(" 366 ")
+    bob = logged_in(b.host, b.port, "bob")
+    irc.expect("JOIN")  # bob's join, from the other node
+    # the nick is taken across nodes and protocols
+    assert RawClient(b.host, b.port).login("IRCY") == "! name taken: IRCY"
+    irc.send("PRIVMSG #lobby :hello from irc")
+    bob.send("hello from line")
+    line_order = [x.split(": ", 1)[1] for x in read_chat(bob, 2)]
+    irc_order = [irc.expect("PRIVMSG #lobby :hello").split(" :", 1)[1] for _ in range(2)]
+    assert line_order == irc_order  # one order for both protocols, across nodes
+    assert sorted(line_order) == ["hello from irc", "hello from line"]
+    irc.send("NICK ircz")
+    bob.expect("ircy")  # the rename, as the line protocol shows it
+    bob.send("/who")
+    who = bob.expect("* in lobby (2)")
+    assert "ircz" in who and "ircy" not in who
+    with logged_in(b.host, b.port, "ircy") as again:  # the old name is free again
+        again.send("/who")
+        again.expect("* in lobby (3)")

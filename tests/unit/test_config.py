@@ -710,3 +710,77 @@ def test_to_mapping_has_every_section_and_plain_values() -> None:
     for section, (_, validators) in config.SCHEMA.items():
         assert list(mapping[section]) == list(validators)
     assert mapping["rooms"]["names"] == ["lobby", "work", "support", "team"]
+
+
+# --- [irc] ------------------------------------------------------------------------
+
+
+def test_irc_defaults_leave_the_listener_off() -> None:
+    irc = Config().irc
+    assert irc.enabled is False
+    assert (irc.host, irc.port) == ("", 6667)
+    assert (irc.server_name, irc.network, irc.motd, irc.topics) == ("chatsvc", "chatsvc", "", ())
+
+
+def test_irc_section_loads(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[irc]\nenabled = true\nhost = "::1"\nport = 0\nserver_name = "irc.example.org"\n'
+        'network = "Example"\nmotd = "line one\\nline two"\n'
+        'topics = { lobby = "Welcome", support = "Ask here" }\n',
+    )
+    irc = config.load(path).irc
+    assert irc.enabled and irc.host == "::1" and irc.port == 0
+    assert (irc.server_name, irc.network) == ("irc.example.org", "Example")
+    assert irc.motd.split("\n") == ["line one", "line two"]
+    assert irc.topic("support") == "Ask here"
+    assert irc.topic("work") == ""
+
+
+IRC_BAD = [
+    ("[irc]\nenabled = 1\n", "irc.enabled", "true or false"),
+    ('[irc]\nhost = "no such host!"\n', "irc.host", '"" for the [server] host'),
+    ("[irc]\nport = 70000\n", "irc.port", "an integer from 0 to 65535"),
+    ('[irc]\nserver_name = "a b"\n', "irc.server_name", "a server name"),
+    ('[irc]\nserver_name = ":x"\n', "irc.server_name", "a server name"),
+    ('[irc]\nnetwork = "my net"\n', "irc.network", "a network name"),
+    ('[irc]\nmotd = "bell\\u0007"\n', "irc.motd", "without control characters"),
+    ("[irc]\nmotd = 3\n", "irc.motd", "a string"),
+    ('[irc]\ntopics = "x"\n', "irc.topics", "a table of room = topic"),
+    ("[irc]\ntopics = { lobby = 1 }\n", "irc.topics", "a table of room = topic"),
+    ('[irc]\ntopics = { lobby = "a\\u202eb" }\n', "irc.topics", "no control characters"),
+    ('[irc]\ntopics = { "bad room" = "x" }\n', "irc.topics", "a room name"),
+    ('[irc]\ntopics = { kitchen = "x" }\n', "irc.topics.kitchen", "a room in rooms.names"),
+    ("[irc]\nenabled = true\nport = 6321\n", "irc.port", "a port other than server.port"),
+    ("[irc]\nwho = 1\n", "irc.who", "one of enabled, host, port"),
+]
+
+
+@pytest.mark.parametrize("text, key, expected", IRC_BAD)
+def test_bad_irc_values_name_the_key(tmp_path: Path, text: str, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text))
+    assert info.value.key == key
+    assert expected in str(info.value)
+
+
+def test_irc_port_may_equal_the_server_port_on_another_host(tmp_path: Path) -> None:
+    text = '[irc]\nenabled = true\nhost = "127.0.0.2"\nport = 6321\n'
+    assert config.load(write(tmp_path, text)).irc.port == 6321
+
+
+def test_irc_topics_round_trip_as_a_table(tmp_path: Path) -> None:
+    path = write(tmp_path, '[irc]\ntopics = { lobby = "say \\"hi\\"", team = "" }\n')
+    cfg = config.load(path)
+    assert 'topics = {"lobby" = "say \\"hi\\"", "team" = ""}' in config.render_toml(cfg)
+    assert round_trip(cfg) == cfg
+    assert config.to_mapping(cfg)["irc"]["topics"] == {"lobby": 'say "hi"', "team": ""}
+
+
+def test_irc_listen_keys_need_a_restart_but_motd_and_topics_reload() -> None:
+    for key in ("enabled", "host", "port", "server_name", "network"):
+        assert f"irc.{key}" in config.RESTART_KEYS
+    assert "irc.motd" not in config.RESTART_KEYS
+    assert "irc.topics" not in config.RESTART_KEYS
+    new = config.with_overrides(Config(), irc={"motd": "hi", "topics": {"lobby": "t"}})
+    assert [c[0] for c in config.diff(Config(), new)] == ["irc.motd", "irc.topics"]

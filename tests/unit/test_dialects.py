@@ -48,6 +48,10 @@ def test_leave_reasons(reason: str, line: str) -> None:
     assert one_line(events.Left("lobby", "bob", reason)) == line
 
 
+def test_rename_line() -> None:
+    assert one_line(events.Renamed("lobby", "alice", "alicia")) == "* alice is now known as alicia"
+
+
 def test_rooms_line_marks_the_current_room() -> None:
     counts = (("lobby", 2), ("work", 0), ("support", 1))
     line = LINE.render(events.RoomList(counts, "lobby"))

@@ -1,0 +1,1142 @@
+"""IRC: the parser (pure), the dialect objects and the IRC session's reader thread.
+
+An IRC client is a member of the same hub as a line-protocol client: the same
+rooms (shown as channels ``#ROOM``), one name space (a nick is a chatsvc name),
+the same flood bucket, send-queue bound, timeouts, kicks, bans, broadcasts and
+shutdown drain.  ``docs/irc.md`` is the prose version of this module.
+
+Who renders what
+  Room events (chat, joins, parts, quits, kicks, announcements) do not depend
+  on who receives them, so :class:`IrcDialect` renders them and the hub does it
+  once per dialect object per broadcast.  There is one dialect object per
+  combination of negotiated capabilities (``dialect_for`` caches them), so
+  every IRC member with the same capabilities shares the rendered bytes, as
+  line-protocol members do.  Replies to one client (numerics) carry the
+  recipient's nick: the session words them itself and hands them to the hub
+  as ``events.Raw`` through ``Hub.tell``, in the member's own order.
+
+Threads
+  One reader thread per IRC connection runs :meth:`IrcSession.run`; like
+  ``chatsvc.session.Session`` it only reads its socket and calls the hub, and
+  everything on the session belongs to it.  The away book is shared between
+  IRC sessions and guarded by its own small lock (it is IRC-only state the hub
+  does not need).
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import functools
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Callable, NamedTuple, Optional
+
+from chatsvc import __version__, events, logsetup, protocol
+from chatsvc.dialects import REFUSAL_TEXT, error_text, shutdown_text
+from chatsvc.events import Event
+from chatsvc.hub import Hub, Member
+from chatsvc.protocol import OVERLONG, Frame, LineSplitter
+from chatsvc.ratelimit import TokenBucket
+
+MAX_BODY = 510  # bytes of a line without tags and CRLF (RFC 1459: 512 with CRLF)
+MAX_TAGS = 8191  # bytes of the tags part, '@' and the trailing space included (IRCv3)
+MAX_PARAMS = 15
+MAX_TARGETS = 4  # per PRIVMSG/NOTICE/JOIN/PART/WHOIS
+WHO_MAX = 500  # users listed for a WHO with a wildcard mask
+WHOWAS_HISTORY = 200  # IRC users remembered after they leave
+RECV_SIZE = 479  # see chatsvc.session: a small buffer per idle reader thread
+BULK_RECV_SIZE = 16384
+# Capabilities offered; each combination gets its own dialect object.
+CAPS = ("echo-message", "multi-prefix", "server-time", "userhost-in-names")
+# IRC formatting codes (bold, colour, reset, reverse, italic, strike, underline,
+# monospace): stripped from what IRC clients send, because line-protocol members'
+# terminals would act on them.  Colour codes take their digits with them.
+_FORMATTING_RE = re.compile("\x03(?:[0-9]{1,2}(?:,[0-9]{1,2})?)?|[\x02\x0f\x16\x1d\x1e\x1f\x11]")
+# What a line-protocol member's "/me waves" becomes for IRC clients, and back.
+ME = "/me "
+
+
+# --- parsing (pure) ---------------------------------------------------------------
+
+
+class Message(NamedTuple):
+    """One parsed client line; ``command`` is upper-case."""
+
+    tags: dict[str, str]
+    source: str
+    command: str
+    params: tuple[str, ...]
+
+
+class IrcParseError(ValueError):
+    """A line that cannot be used: ``code`` is ``input_too_long`` or ``invalid_utf8``."""
+
+    def __init__(self, code: str, command: str = "*") -> None:
+        super().__init__(code)
+        self.code = code
+        self.command = command
+
+
+def parse_line(raw: bytes) -> Optional[Message]:
+    """One line (terminator removed) to a Message; None for a blank line.
+
+    Raises IrcParseError for a line over the limits (512 bytes with CRLF, plus
+    8191 for tags) or one that is not UTF-8.
+    """
+    tags: dict[str, str] = {}
+    if raw.startswith(b"@"):
+        end = raw.find(b" ")
+        if end < 0:
+            return None
+        if end + 1 > MAX_TAGS:
+            raise IrcParseError("input_too_long")
+        tags = _parse_tags(raw[1:end].decode("utf-8", "replace"))
+        raw = raw[end + 1 :]
+    raw = raw.lstrip(b" ")
+    command_guess = _command_guess(raw)
+    if len(raw) > MAX_BODY:
+        raise IrcParseError("input_too_long", command_guess)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise IrcParseError("invalid_utf8", command_guess) from None
+    if "\x00" in text or "\r" in text:
+        raise IrcParseError("invalid_utf8", command_guess)  # no NUL or bare CR in IRC
+    source = ""
+    if text.startswith(":"):
+        source, _, text = text[1:].partition(" ")
+        text = text.lstrip(" ")
+    if not text:
+        return None
+    head, sep, trailing = text.partition(" :")
+    if text.startswith(":"):  # a lone trailing parameter with no command
+        return None
+    words = [w for w in head.split(" ") if w]
+    params = words[1:]
+    if sep:
+        params.append(trailing)
+    return Message(tags, source, words[0].upper(), tuple(params[:MAX_PARAMS]))
+
+
+def _command_guess(raw: bytes) -> str:
+    """The command word of a line that could not be decoded, for ``FAIL <command>``."""
+    words = [w for w in raw.split(b" ", 2) if w]
+    if words and words[0].startswith(b":"):
+        words = words[1:]
+    word = re.sub(rb"[^A-Za-z0-9]", b"", words[0][:20]) if words else b""
+    return word.decode().upper() or "*"
+
+
+_TAG_UNESCAPE = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
+
+
+def _parse_tags(text: str) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in text.split(";"):
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        out, i = [], 0
+        while i < len(value):
+            ch = value[i]
+            if ch == "\\" and i + 1 < len(value):
+                i += 1
+                ch = _TAG_UNESCAPE.get(value[i], value[i])
+            elif ch == "\\":
+                ch = ""
+            out.append(ch)
+            i += 1
+        tags[key] = "".join(out)
+    return tags
+
+
+def irc_lower(text: str) -> str:
+    """CASEMAPPING=ascii (chatsvc names are ASCII, so this is also their casefold)."""
+    return text.lower() if text.isascii() else text.casefold()
+
+
+# Commands whose last parameter is free text: always written with ':'.
+_TEXT_LAST = frozenset({"PRIVMSG", "NOTICE", "QUIT", "ERROR", "KICK"})
+
+
+def line(source: str, command: str, *params: str, colon: bool = False) -> str:
+    """One wire line; the last parameter gets a ':' when it needs one (or ``colon``)."""
+    parts = [f":{source} {command}" if source else command]
+    if params:
+        *middle, last = params
+        parts.extend(middle)
+        colon = colon or command in _TEXT_LAST
+        if colon or not last or " " in last or last.startswith(":"):
+            last = ":" + last
+        parts.append(last)
+    return " ".join(parts) + "\r\n"
+
+
+def clean_text(text: str) -> tuple[str, Optional[str]]:
+    """What an IRC client typed, as chatsvc text; (text, why not) — why is None if usable.
+
+    Formatting codes are stripped; a CTCP ACTION becomes ``/me ...``; any other
+    CTCP is refused, as is text the line protocol refuses (controls, invisible
+    characters).  Runs of blanks are squeezed as in the line protocol.
+    """
+    if text.startswith("\x01"):
+        body = text[1:].rstrip("\x01")
+        verb, _, rest = body.partition(" ")
+        if verb.upper() != "ACTION":
+            return "", "ctcp"
+        text = ME + rest
+    text = _FORMATTING_RE.sub("", text)
+    why = protocol.text_problem(text)
+    if why is not None:
+        return "", why
+    return protocol.squeeze(text).strip(), None
+
+
+def _chunks(text: str, room: int) -> Iterator[str]:
+    """``text`` in pieces of at most ``room`` UTF-8 bytes, cut between characters."""
+    data = text.encode()
+    room = max(room, 16)
+    while len(data) > room:
+        cut = room
+        while cut > 0 and (data[cut] & 0xC0) == 0x80:  # not inside a character
+            cut -= 1
+        yield data[:cut].decode()
+        data = data[cut:]
+    yield data.decode()
+
+
+# --- the dialect ------------------------------------------------------------------
+
+QUIT_WORDS = {
+    "bye": "Quit",
+    "eof": "Connection closed",
+    "error": "Connection lost",
+    "idle": "Idle timeout",
+    "flood": "Excess flood",
+    "send_queue_exceeded": "SendQ exceeded",
+    "name_rejected": "Quit",
+    "kicked": "Kicked",
+}
+CLOSING_ERRORS = frozenset({"flooding", "login_timeout", "idle_timeout", "too_many_names"})
+
+
+class IrcDialect:
+    """Renders events as IRC lines; shared by every IRC member with the same capabilities."""
+
+    name = "irc"
+
+    def __init__(self, server_name: str, network: str, caps: frozenset[str]) -> None:
+        self.server_name = server_name
+        self.network = network
+        self.caps = caps
+        self.echo_own = "echo-message" in caps
+        self._time = "server-time" in caps
+        self._table: dict[type[Any], Callable[[Any], str]] = {
+            events.Chat: self._chat,
+            events.Joined: lambda e: line(self.mask(e.name), "JOIN", "#" + e.room),
+            events.Left: self._left,
+            events.Kicked: lambda e: line(
+                self.server_name, "KICK", "#" + e.room, e.name, e.reason or "kicked"
+            ),
+            events.Renamed: lambda e: line(self.mask(e.old), "NICK", e.new, colon=True),
+            events.Announcement: lambda e: line(
+                self.server_name, "NOTICE", "#" + e.room if e.room else "*", e.text
+            ),
+            events.ShuttingDown: self._shutting_down,
+            events.Private: self._private,
+            events.Welcome: lambda e: self.notice("*", f"chatsvc {e.version}"),
+            events.Hello: lambda e: line(
+                self.server_name,
+                "001",
+                e.name,
+                f"Welcome to the {self.network} IRC network {self.mask(e.name)}",
+            ),
+            events.NowIn: lambda e: "",
+            events.YouWereKicked: lambda e: line("", "ERROR", f"Closing link: kicked ({e.reason})"),
+            events.Goodbye: lambda e: line("", "ERROR", "Closing link: quit"),
+            events.RoomList: lambda e: "",
+            events.WhoList: lambda e: "",
+            events.Help: lambda e: "",
+            events.Error: self._error,
+            events.Raw: lambda e: e.text,
+        }
+
+    def mask(self, nick: str) -> str:
+        """``nick!nick@server``: the only user and host chatsvc knows for a name."""
+        return f"{nick}!{nick}@{self.server_name}"
+
+    def notice(self, target: str, text: str) -> str:
+        return line(self.server_name, "NOTICE", target, text)
+
+    def render(self, event: Event) -> bytes:
+        text = self._table[type(event)](event)
+        if self._time and text:
+            stamp = getattr(event, "time", None)
+            tag = "@time=" + _iso(stamp if isinstance(stamp, float) else time.time()) + " "
+            text = "".join(tag + ln + "\r\n" for ln in text.split("\r\n") if ln)
+        return text.encode()
+
+    def _message(self, source: str, target: str, text: str, notice: bool) -> str:
+        verb = "NOTICE" if notice else "PRIVMSG"
+        if text.startswith(ME) and not notice:
+            action = "\x01ACTION " + text[len(ME) :] + "\x01"
+            return line(source, verb, target, action, colon=True)
+        # Text an IRC client could send (510 bytes) goes out whole, even if the
+        # prefix takes the line past 512 (as Ergo does; clients take it); longer
+        # line-protocol text is cut into pieces of that size.
+        return "".join(line(source, verb, target, c, colon=True) for c in _chunks(text, MAX_BODY))
+
+    def _chat(self, e: events.Chat) -> str:
+        return self._message(self.mask(e.sender), "#" + e.room, e.text, e.notice)
+
+    def _private(self, e: events.Private) -> str:
+        if e.echo and not self.echo_own:
+            return ""
+        return self._message(self.mask(e.sender), e.target, e.text, e.notice)
+
+    def _left(self, e: events.Left) -> str:
+        if e.reason in ("part", "moved"):
+            if e.text:
+                return line(self.mask(e.name), "PART", "#" + e.room, e.text, colon=True)
+            return line(self.mask(e.name), "PART", "#" + e.room)
+        return line(self.mask(e.name), "QUIT", e.text or QUIT_WORDS.get(e.reason, "Quit"))
+
+    def _shutting_down(self, e: events.ShuttingDown) -> str:
+        text = self.notice("*", _shutdown_text(e))
+        if e.seconds is None:  # now: the connection closes after this
+            text += line("", "ERROR", "Closing link: server shutting down")
+        return text
+
+    def _error(self, e: events.Error) -> str:
+        if e.code in CLOSING_ERRORS:
+            return line("", "ERROR", "Closing link: " + error_text(e))
+        return self.notice("*", error_text(e))
+
+
+def _shutdown_text(e: events.ShuttingDown) -> str:
+    return shutdown_text(e.seconds, e.reason)
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def dialect_for(server_name: str, network: str, caps: frozenset[str]) -> IrcDialect:
+    """The one dialect object for this capability combination (render-once holds)."""
+    return IrcDialect(server_name, network, caps)
+
+
+def refusal_line(reason: str) -> bytes:
+    """What an IRC connection refused at accept gets (``reason`` as in ``events.Error``)."""
+    return line("", "ERROR", "Closing link: " + REFUSAL_TEXT[reason]).encode()
+
+
+# --- what IRC clients said about themselves --------------------------------------
+
+
+class Ident(NamedTuple):
+    """What an IRC member gave at registration (USER) and its away message."""
+
+    user: str
+    realname: str
+    away: str = ""
+
+
+class IdentBook:
+    """IRC members' USER details and away messages, read by other IRC sessions.
+
+    IRC-only state the hub neither needs nor sees, so it has its own small lock.
+    A line-protocol user has no entry: its user name and real name are its name.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_name: dict[str, Ident] = {}
+        self._history: collections.deque[tuple[str, Ident, float]] = collections.deque(
+            maxlen=WHOWAS_HISTORY
+        )
+
+    def put(self, name: str, ident: Ident) -> None:
+        with self._lock:
+            self._by_name[irc_lower(name)] = ident
+
+    def drop(self, name: str, ident: Ident) -> None:
+        """Forget ``name``'s entry if it is still ``ident`` (a new holder keeps theirs)."""
+        with self._lock:
+            if self._by_name.get(irc_lower(name)) is ident:
+                del self._by_name[irc_lower(name)]
+
+    def get(self, name: str) -> Ident:
+        with self._lock:
+            return self._by_name.get(irc_lower(name)) or Ident(name, name)
+
+    def away(self, name: str) -> str:
+        return self.get(name).away
+
+    def gone(self, name: str, ident: Ident) -> None:
+        """``name`` left: keep it for WHOWAS (most recent last, bounded)."""
+        with self._lock:
+            self._history.append((name, ident, time.time()))
+
+    def was(self, name: str) -> list[tuple[str, Ident, float]]:
+        """WHOWAS entries for ``name``, most recent first."""
+        key = irc_lower(name)
+        with self._lock:
+            return [h for h in reversed(self._history) if irc_lower(h[0]) == key]
+
+
+IDENTS = IdentBook()
+
+
+# --- the session ------------------------------------------------------------------
+
+# HELP texts: the first line is the synopsis.
+HELP = {
+    "*": "chatsvc speaks enough IRC to chat in its rooms (channels #ROOM).\n"
+    "Commands: AWAY HELP ISON JOIN LIST LUSERS MODE MOTD NAMES NICK NOTICE PART\n"
+    "PING PRIVMSG QUIT TIME TOPIC USERHOST VERSION WHO WHOIS WHOWAS.\n"
+    "HELP <command> describes one.",
+    "AWAY": "AWAY [:message] - mark yourself away (no message: back)",
+    "HELP": "HELP [command] - this help",
+    "ISON": "ISON nick ... - which of these nicks are online",
+    "JOIN": "JOIN #room[,#room] - enter rooms; JOIN 0 leaves them all",
+    "LIST": "LIST [#room,...] - the rooms, their member counts and topics",
+    "LUSERS": "LUSERS - how many users are online",
+    "MODE": "MODE #room | MODE nick - show modes (they cannot be changed)",
+    "MOTD": "MOTD - the message of the day",
+    "NAMES": "NAMES #room - who is in a room",
+    "NICK": "NICK newnick - change your name (a chatsvc name: letters, digits, _ - .)",
+    "NOTICE": "NOTICE target :text - like PRIVMSG, never answered automatically",
+    "PART": "PART #room[,#room] [:message] - leave rooms",
+    "PING": "PING token - the server answers PONG with the token",
+    "PRIVMSG": "PRIVMSG #room|nick :text - talk in a room or to a user of either protocol",
+    "QUIT": "QUIT [:message] - leave the server",
+    "TIME": "TIME - the server's time",
+    "TOPIC": "TOPIC #room - show the topic (topics are set in the server's configuration)",
+    "USERHOST": "USERHOST nick ... - user and host of up to five nicks",
+    "VERSION": "VERSION - the server's version",
+    "WHO": "WHO #room | WHO nick | WHO mask - list users",
+    "WHOIS": "WHOIS nick - about a user",
+    "WHOWAS": "WHOWAS nick [count] - about an IRC user who left",
+}
+
+# Numerics whose last parameter is a list or free text: always written with ':'.
+_TEXT_NUMERICS = frozenset({"301", "302", "303", "311", "314", "319", "322", "332", "352", "353"})
+# Commands allowed before registration; anything else gets 451.
+_BEFORE_REGISTRATION = frozenset({"CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
+
+
+class IrcSession:
+    """The reader side of one IRC connection: reads, frames, parses, calls the hub."""
+
+    __slots__ = (
+        "bucket",
+        "cap_pending",
+        "caps",
+        "hub",
+        "ident",
+        "member",
+        "nick",
+        "quit",
+        "realname",
+        "registered",
+        "sock",
+        "user",
+    )
+
+    def __init__(self, hub: Hub, member: Member, sock: socket.socket) -> None:
+        self.hub = hub
+        self.member = member
+        self.sock = sock
+        limits = hub.cfg.limits
+        self.bucket = TokenBucket(limits.flood_rate, limits.flood_burst, time.monotonic())
+        self.caps: frozenset[str] = frozenset()
+        self.cap_pending = False  # CAP LS/REQ seen, CAP END not yet: registration waits
+        self.nick: Optional[str] = None  # wanted, before registration; the name after
+        self.user: Optional[str] = None
+        self.realname = ""
+        self.registered = False
+        self.ident: Optional[Ident] = None  # ours in IDENTS, once registered
+        self.quit = False  # QUIT seen (and the WHOWAS entry made)
+
+    # --- wording -----------------------------------------------------------------
+
+    @property
+    def server_name(self) -> str:
+        return self.hub.cfg.irc.server_name
+
+    @property
+    def me(self) -> str:
+        """The nick numerics are addressed to (``*`` before registration)."""
+        return self.member.name or "*"
+
+    def num(self, code: str, *params: str, colon: bool = False) -> str:
+        colon = colon or code in _TEXT_NUMERICS
+        return line(self.server_name, code, self.me, *params, colon=colon)
+
+    def send(self, *lines: str) -> None:
+        text = "".join(lines)
+        if text:
+            self.hub.tell(self.member, events.Raw(text))
+
+    def reply(self, code: str, *params: str) -> None:
+        self.send(self.num(code, *params))
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    def run(self) -> None:
+        m = self.member
+        reason = "eof"
+        try:
+            for msg in self._messages():
+                self.dispatch(msg)
+        except OSError:
+            reason = "error"
+        except Exception:  # a bug must cost one session, never the server
+            logsetup.log.exception("session_error", name=m.name, addr=m.addr, protocol="irc")
+            reason = "error"
+        finally:
+            final = self.hub.remove(m, reason)
+            if m.name is not None and self.ident is not None:
+                IDENTS.drop(m.name, self.ident)
+                if not self.quit:
+                    IDENTS.gone(m.name, self.ident)
+            logsetup.log.info(
+                "client_disconnected",
+                name=m.name,
+                addr=m.addr,
+                port=m.port,
+                protocol="irc",
+                reason=final,
+                duration=round(time.time() - m.connected_at, 3),
+                messages=m.msgs_sent,
+            )
+
+    def _messages(self) -> Iterator[Message]:
+        """Parsed messages until EOF, each line paid for from the flood bucket."""
+        m = self.member
+        splitter = LineSplitter(MAX_TAGS + MAX_BODY)
+        recv = self.sock.recv
+        while True:
+            data = recv(RECV_SIZE)
+            if not data:
+                return
+            if len(data) == RECV_SIZE:
+                try:
+                    data += recv(BULK_RECV_SIZE, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    pass
+            for frame in splitter.feed(data):
+                if m.close_reason is not None:  # closing: discard the rest
+                    break
+                m.last_active = time.monotonic()
+                if not self._admit(frame):
+                    continue
+                msg = self._parse(frame)
+                if msg is not None:
+                    yield msg
+
+    def _admit(self, frame: Frame) -> bool:
+        """Take a token for ``frame`` (every line pays, as in the line protocol)."""
+        limits = self.hub.cfg.limits
+        bucket = self.bucket
+        if bucket.rate != limits.flood_rate or bucket.burst != limits.flood_burst:
+            bucket.rate, bucket.burst = limits.flood_rate, float(limits.flood_burst)
+        if bucket.take(time.monotonic()):
+            self.member.throttled = False
+            return True
+        self.member.throttled = True
+        if limits.flood_strikes and bucket.strikes > limits.flood_strikes:
+            self.hub.close(self.member, "flood", events.error("flooding"))
+        elif _is_text(frame):
+            slow = events.error("slow_down", rate=limits.flood_rate, burst=limits.flood_burst)
+            self.send(line(self.server_name, "NOTICE", self.me, error_text(slow)))
+        return False
+
+    def _parse(self, frame: Frame) -> Optional[Message]:
+        if frame is OVERLONG:
+            self.reply("417", "Input line was too long")
+            return None
+        assert isinstance(frame, bytes)
+        try:
+            return parse_line(frame)
+        except IrcParseError as exc:
+            if exc.code == "input_too_long":
+                self.reply("417", "Input line was too long")
+            else:
+                self.send(
+                    line(self.server_name, "FAIL", exc.command, "INVALID_UTF8", "Invalid UTF-8")
+                )
+            return None
+
+    def dispatch(self, msg: Message) -> None:
+        if not self.registered and msg.command not in _BEFORE_REGISTRATION:
+            self.reply("451", "You have not registered")
+            return
+        handler = _DISPATCH.get(msg.command)
+        if handler is None:
+            self.reply("421", msg.command, "Unknown command")
+            return
+        handler(self, msg)
+
+    def need(self, msg: Message, n: int) -> bool:
+        """At least ``n`` parameters (the last non-empty), or 461 and False."""
+        if len(msg.params) < n or not msg.params[n - 1]:
+            self.reply("461", msg.command, "Not enough parameters")
+            return False
+        return True
+
+    # --- registration --------------------------------------------------------------
+
+    def cmd_cap(self, msg: Message) -> None:
+        if not self.need(msg, 1):
+            return
+        sub = msg.params[0].upper()
+        if sub == "LS":
+            if not self.registered:
+                self.cap_pending = True
+            self.send(line(self.server_name, "CAP", self.me, "LS", " ".join(CAPS)))
+        elif sub == "LIST":
+            self.send(line(self.server_name, "CAP", self.me, "LIST", " ".join(sorted(self.caps))))
+        elif sub == "REQ":
+            if not self.registered:
+                self.cap_pending = True
+            wanted = msg.params[1] if len(msg.params) > 1 else ""
+            caps = set(self.caps)
+            ok = bool(wanted.split())
+            for item in wanted.split():
+                name = item.lstrip("-")
+                if name not in CAPS:
+                    ok = False
+                elif item.startswith("-"):
+                    caps.discard(name)
+                else:
+                    caps.add(name)
+            if not ok:
+                self.send(line(self.server_name, "CAP", self.me, "NAK", wanted))
+                return
+            self.caps = frozenset(caps)
+            irc = self.hub.cfg.irc
+            self.hub.set_dialect(self.member, dialect_for(irc.server_name, irc.network, self.caps))
+            self.send(line(self.server_name, "CAP", self.me, "ACK", wanted))
+        elif sub == "END":
+            if self.cap_pending:
+                self.cap_pending = False
+                self._try_register()
+        else:
+            self.reply("410", msg.params[0], "Invalid CAP command")
+
+    def cmd_pass(self, msg: Message) -> None:
+        if self.registered:
+            self.reply("462", "You may not reregister")
+        # accepted and ignored until chatsvc has accounts
+
+    def cmd_nick(self, msg: Message) -> None:
+        if not msg.params or not msg.params[0]:
+            self.reply("431", "No nickname given")
+            return
+        nick = msg.params[0]
+        why = protocol.check_name(nick, self.hub.cfg.limits.name_max_length)
+        if why is not None:
+            self.reply("432", nick, "Erroneous nickname: " + _error_words(why))
+            return
+        if self.registered:
+            self._rename(nick)
+            return
+        self.nick = nick
+        self._try_register()
+
+    def cmd_user(self, msg: Message) -> None:
+        if self.registered:
+            self.reply("462", "You may not reregister")
+            return
+        if len(msg.params) < 4 or not msg.params[0] or not msg.params[3]:
+            self.reply("461", msg.command, "Not enough parameters")
+            return
+        self.user = msg.params[0]
+        self.realname = msg.params[3]
+        self._try_register()
+
+    def _rename(self, nick: str) -> None:
+        old = self.member.name
+        if old is None or nick == old:
+            return
+        why = self.hub.rename(self.member, nick)
+        if why is None:
+            if self.ident is not None:
+                IDENTS.drop(old, self.ident)
+                IDENTS.put(nick, self.ident)
+            logsetup.log.info("name_changed", name=nick, old=old, addr=self.member.addr)
+        elif why.code == "name_taken":
+            self.reply("433", nick, "Nickname is already in use")
+        elif why.code == "name_banned":
+            self.reply("432", nick, "Erroneous nickname: " + _error_words(why))
+
+    def _try_register(self) -> None:
+        if self.registered or self.cap_pending or self.nick is None or self.user is None:
+            return
+        m = self.member
+        nick = self.nick
+        why = self.hub.login(m, nick, join_default=False)
+        if why is not None:
+            if why.code == "name_taken":
+                self.reply("433", nick, "Nickname is already in use")
+            elif why.code == "name_banned":
+                self.reply("432", nick, "Erroneous nickname: " + _error_words(why))
+            self.nick = None
+            return
+        self.registered = True
+        user = "".join(ch for ch in self.user if ch.isascii() and (ch.isalnum() or ch in "_.-~"))
+        realname, bad = clean_text(self.realname)
+        self.ident = Ident(user[:10] or nick, realname if bad is None and realname else nick)
+        IDENTS.put(nick, self.ident)
+        logsetup.log.info("client_login", name=nick, addr=m.addr, port=m.port, protocol="irc")
+        self._welcome()
+
+    def _welcome(self) -> None:
+        cfg = self.hub.cfg
+        irc = cfg.irc
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.hub.started_at))
+        version = f"chatsvc-{__version__}"
+        isupport = (
+            f"AWAYLEN=200 CASEMAPPING=ascii CHANLIMIT=#:{len(cfg.rooms.names)} CHANMODES=,,,nt "
+            f"CHANNELLEN={33} CHANTYPES=# MAXTARGETS={MAX_TARGETS} "
+            f"NETWORK={irc.network} NICKLEN={cfg.limits.name_max_length} PREFIX=(ov)@+ "
+            f"TARGMAX=JOIN:,PART:,PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},WHOIS:1 "
+            f"TOPICLEN=300 UTF8ONLY WHOX"
+        ).split()
+        self.send(
+            self.num("002", f"Your host is {irc.server_name}, running version {version}"),
+            self.num("003", f"This server was created {started}"),
+            self.num("004", irc.server_name, version, "i", "nt"),
+            self.num("005", *isupport[:10], "are supported by this server"),
+            self.num("005", *isupport[10:], "are supported by this server"),
+            *self._lusers(),
+            *self._motd(),
+        )
+
+    def _lusers(self) -> list[str]:
+        stats = self.hub.stats()
+        n = int(stats["logged_in"])
+        return [
+            self.num("251", f"There are {n} users and 0 invisible on 1 servers"),
+            self.num("254", str(len(self.hub.cfg.rooms.names)), "channels formed"),
+            self.num("255", f"I have {n} clients and 0 servers"),
+            # the optional counts are left out: chatsvc keeps no all-time maximum
+            self.num("265", f"Current local users: {n}"),
+            self.num("266", f"Current global users: {n}"),
+        ]
+
+    def _motd(self) -> list[str]:
+        motd = self.hub.cfg.irc.motd
+        if not motd:
+            return [self.num("422", "MOTD File is missing")]
+        out = [self.num("375", f"- {self.server_name} Message of the day - ")]
+        out += [self.num("372", "- " + ln) for ln in motd.split("\n")]
+        out.append(self.num("376", "End of /MOTD command."))
+        return out
+
+    # --- connection ---------------------------------------------------------------
+
+    def cmd_ping(self, msg: Message) -> None:
+        if not msg.params or not msg.params[0]:
+            self.reply("409", "No origin specified")
+            return
+        self.send(line(self.server_name, "PONG", self.server_name, msg.params[0]))
+
+    def cmd_pong(self, msg: Message) -> None:
+        pass  # activity was already counted
+
+    def cmd_quit(self, msg: Message) -> None:
+        if self.member.name is not None and self.ident is not None and not self.quit:
+            IDENTS.gone(self.member.name, self.ident)  # now: a WHOWAS may come at once
+        self.quit = True
+        text, why = clean_text(msg.params[0] if msg.params else "")
+        words = "Quit: " + text if text and why is None else ""
+        self.hub.close(self.member, "bye", events.Goodbye(), text=words)
+
+    def cmd_motd(self, msg: Message) -> None:
+        self.send(*self._motd())
+
+    def cmd_lusers(self, msg: Message) -> None:
+        self.send(*self._lusers())
+
+    def cmd_help(self, msg: Message) -> None:
+        subject = msg.params[0].upper() if msg.params and msg.params[0] else "*"
+        text = HELP.get(subject.lstrip("*") or "*")
+        if text is None:
+            self.reply("524", msg.params[0], "No help available on this topic")
+            return
+        first, *rest = text.split("\n")
+        self.send(
+            self.num("704", subject, first),
+            *(self.num("705", subject, ln) for ln in rest),
+            self.num("706", subject, "End of /HELP"),
+        )
+
+    def cmd_helpop(self, msg: Message) -> None:
+        self.cmd_help(msg)
+
+    def cmd_links(self, msg: Message) -> None:
+        self.send(
+            self.num("364", self.server_name, self.server_name, f"0 {self.hub.cfg.irc.network}"),
+            self.num("365", "*", "End of /LINKS list"),
+        )
+
+    def cmd_version(self, msg: Message) -> None:
+        self.reply("351", f"chatsvc-{__version__}.", self.server_name, "")
+
+    def cmd_time(self, msg: Message) -> None:
+        self.reply("391", self.server_name, time.strftime("%A %B %d %Y -- %H:%M:%S UTC"))
+
+    # --- channels -----------------------------------------------------------------
+
+    def room_of(self, channel: str) -> Optional[str]:
+        """The room a channel name means (case-insensitively), or None."""
+        if not channel.startswith("#"):
+            return None
+        wanted = irc_lower(channel[1:])
+        return next((r for r in self.hub.cfg.rooms.names if irc_lower(r) == wanted), None)
+
+    def cmd_join(self, msg: Message) -> None:
+        if not self.need(msg, 1):
+            return
+        if msg.params[0] == "0":  # leave every channel (not-a-member errors ignored)
+            for each in self.hub.cfg.rooms.names:
+                self.hub.part(self.member, each)
+            return
+        for channel in msg.params[0].split(","):
+            room = self.room_of(channel)
+            if room is None:
+                self.reply("403", channel, "No such channel")
+                continue
+            why = self.hub.enter(self.member, room)
+            if why is None:
+                logsetup.log.info("room_joined", name=self.member.name, room=room)
+                self.send(*self._topic(room, on_join=True), *self._names(room))
+            elif why.code != "already_in_room":
+                return  # closing
+
+    def cmd_part(self, msg: Message) -> None:
+        if not self.need(msg, 1):
+            return
+        text = msg.params[1] if len(msg.params) > 1 else ""
+        text, why = clean_text(text)
+        for channel in msg.params[0].split(","):
+            room = self.room_of(channel)
+            if room is None:
+                self.reply("403", channel, "No such channel")
+            elif self.hub.part(self.member, room, text if why is None else "") is not None:
+                self.reply("442", channel, "You're not on that channel")
+            else:
+                logsetup.log.info("room_left", name=self.member.name, room=room)
+
+    def _topic(self, room: str, on_join: bool = False) -> list[str]:
+        topic = self.hub.cfg.irc.topic(room)
+        if topic:
+            return [self.num("332", "#" + room, topic)]
+        return [] if on_join else [self.num("331", "#" + room, "No topic is set")]
+
+    def _names(self, room: str) -> list[str]:
+        names = self.hub.who(self.member, room).names
+        head = len(self.num("353", "=", "#" + room, "x").encode())
+        out, batch = [], ""
+        if "userhost-in-names" in self.caps:
+            names = tuple(f"{n}!{IDENTS.get(n).user}@{self.server_name}" for n in names)
+        for name in names:
+            if batch and head + len(batch) + len(name) + 1 > MAX_BODY:
+                out.append(self.num("353", "=", "#" + room, batch))
+                batch = ""
+            batch = f"{batch} {name}" if batch else name
+        if batch:
+            out.append(self.num("353", "=", "#" + room, batch))
+        out.append(self.num("366", "#" + room, "End of /NAMES list"))
+        return out
+
+    def cmd_names(self, msg: Message) -> None:
+        if not msg.params or not msg.params[0]:
+            self.reply("366", "*", "End of /NAMES list")
+            return
+        out: list[str] = []
+        seen: set[Optional[str]] = set()
+        for channel in msg.params[0].split(","):
+            room = self.room_of(channel)
+            if room in seen:
+                continue  # "NAMES #big,#big,..." must not multiply one long reply
+            seen.add(room)
+            if room is None:
+                out.append(self.num("366", channel, "End of /NAMES list"))
+            else:
+                out += self._names(room)
+        self.send(*out)
+
+    def cmd_topic(self, msg: Message) -> None:
+        if not self.need(msg, 1):
+            return
+        channel = msg.params[0]
+        room = self.room_of(channel)
+        if room is None:
+            self.reply("403", channel, "No such channel")
+        elif len(msg.params) > 1:
+            self.reply("482", channel, "Topics are set in the server's configuration")
+        else:
+            self.send(*self._topic(room))
+
+    def cmd_list(self, msg: Message) -> None:
+        wanted = None
+        if msg.params and msg.params[0]:
+            wanted = {self.room_of(c) for c in msg.params[0].split(",")}
+        out = [self.num("321", "Channel", "Users  Name")]
+        for room, count in self.hub.room_list(self.member).counts:
+            if wanted is None or room in wanted:
+                out.append(self.num("322", "#" + room, str(count), self.hub.cfg.irc.topic(room)))
+        out.append(self.num("323", "End of /LIST"))
+        self.send(*out)
+
+    def cmd_mode(self, msg: Message) -> None:
+        if not self.need(msg, 1):
+            return
+        target = msg.params[0]
+        if target.startswith("#"):
+            room = self.room_of(target)
+            if room is None:
+                self.reply("403", target, "No such channel")
+            elif len(msg.params) == 1:
+                self.send(
+                    self.num("324", "#" + room, "+nt"),
+                    self.num("329", "#" + room, str(int(self.hub.started_at))),
+                )
+            elif msg.params[1].lstrip("+") in ("b", "e", "I"):
+                end = {"b": ("368", "ban"), "e": ("349", "exception"), "I": ("347", "invite")}
+                code, what = end[msg.params[1].lstrip("+")]
+                self.reply(code, "#" + room, f"End of channel {what} list")
+            else:
+                self.reply("482", "#" + room, "Channel modes cannot be changed")
+        elif irc_lower(target) != irc_lower(self.me):
+            if self.hub.user(target) is None:
+                self.reply("401", target, "No such nick")
+            else:
+                self.reply("502", "Can't change mode for other users")
+        elif len(msg.params) == 1:
+            self.reply("221", "+")
+        else:
+            self.reply("501", "Unknown MODE flag")
+
+    def cmd_kick(self, msg: Message) -> None:
+        if not self.need(msg, 2):
+            return
+        room = self.room_of(msg.params[0])
+        if room is None:
+            self.reply("403", msg.params[0], "No such channel")
+        else:
+            self.reply("482", "#" + room, "You're not channel operator")
+
+    # --- messages -----------------------------------------------------------------
+
+    def cmd_privmsg(self, msg: Message, notice: bool = False) -> None:
+        if not msg.params or not msg.params[0]:
+            if not notice:
+                self.reply("411", f"No recipient given ({msg.command})")
+            return
+        if len(msg.params) < 2 or not msg.params[1]:
+            if not notice:
+                self.reply("412", "No text to send")
+            return
+        text, why = clean_text(msg.params[1])
+        if why is not None or not text:
+            if not notice and why != "ctcp":
+                self.send(line(self.server_name, "NOTICE", self.me, f"Message refused: {why}"))
+            return
+        targets = msg.params[0].split(",")
+        if len(targets) > MAX_TARGETS:
+            if not notice:
+                self.reply("407", msg.params[0], "Too many recipients")
+            return
+        for target in targets:
+            self._message(target, text, notice)
+
+    def cmd_notice(self, msg: Message) -> None:
+        self.cmd_privmsg(msg, notice=True)
+
+    def _message(self, target: str, text: str, notice: bool) -> None:
+        m = self.member
+        if target.startswith("#"):
+            room = self.room_of(target)
+            if room is None:
+                if not notice:
+                    self.reply("403", target, "No such channel")
+            elif self.hub.say(m, text, room, notice) is None:
+                if not notice:
+                    self.reply("404", target, "Cannot send to channel")
+            else:
+                _log_message("message", m.name, room, text, self.hub.cfg.logging.log_messages)
+            return
+        why = self.hub.private(m, target, text, notice)
+        if why is not None:
+            if not notice:
+                self.reply("401", target, "No such nick/channel")
+            return
+        _log_message("private_message", m.name, target, text, self.hub.cfg.logging.log_messages)
+        away = IDENTS.away(target)
+        if away and not notice:
+            self.reply("301", target, away)
+
+    # --- users ----------------------------------------------------------------------
+
+    def cmd_away(self, msg: Message) -> None:
+        assert self.member.name is not None
+        text = msg.params[0] if msg.params else ""
+        text, _ = clean_text(text)
+        if self.ident is not None:
+            self.ident = self.ident._replace(away=text[:200])
+            IDENTS.put(self.member.name, self.ident)
+        if text:
+            self.reply("306", "You have been marked as being away")
+        else:
+            self.reply("305", "You are no longer marked as being away")
+
+    def cmd_whois(self, msg: Message) -> None:
+        if not self.need(msg, 1):
+            return
+        nick = msg.params[-1].split(",")[0]
+        user = self.hub.user(nick)
+        if user is None:
+            self.send(self.num("401", nick, "No such nick"), self.num("318", nick, "End of /WHOIS"))
+            return
+        name = str(user["name"])
+        ident = IDENTS.get(name)
+        out = [self.num("311", name, ident.user, self.server_name, "*", ident.realname)]
+        channels = " ".join("#" + r for r in user["rooms"])
+        if channels:
+            out.append(self.num("319", name, channels))
+        out.append(self.num("312", name, self.server_name, f"chatsvc ({user['protocol']})"))
+        away = ident.away
+        if away:
+            out.append(self.num("301", name, away))
+        out.append(
+            self.num(
+                "317",
+                name,
+                str(int(user["idle"])),
+                str(int(user["connected_at"])),
+                "seconds idle, signon time",
+            )
+        )
+        out.append(self.num("318", name, "End of /WHOIS list"))
+        self.send(*out)
+
+    def cmd_who(self, msg: Message) -> None:
+        mask = msg.params[0] if msg.params and msg.params[0] else "*"
+        fields = msg.params[1] if len(msg.params) > 1 and msg.params[1].startswith("%") else ""
+        hits: list[tuple[str, str]] = []  # (channel, name)
+        room = self.room_of(mask)
+        if room is not None:
+            hits = [("#" + room, name) for name in self.hub.who(self.member, room).names]
+        elif not mask.startswith("#") and "*" not in mask and "?" not in mask:
+            user = self.hub.user(mask)
+            if user is not None:
+                hits = [("*", str(user["name"]))]
+        elif not mask.startswith("#"):
+            pattern = re.compile(fnmatch.translate(irc_lower(mask)))
+            names = sorted(str(u["name"]) for u in self.hub.users())
+            hits = [("*", n) for n in names if pattern.match(irc_lower(n))][:WHO_MAX]
+        if fields:
+            out = [self._whox_line(channel, name, fields) for channel, name in hits]
+        else:
+            out = [self._who_line(channel, name) for channel, name in hits]
+        out.append(self.num("315", mask, "End of /WHO list"))
+        self.send(*out)
+
+    def _who_line(self, channel: str, name: str) -> str:
+        ident = IDENTS.get(name)
+        flags = "G" if ident.away else "H"
+        server = self.server_name
+        return self.num(
+            "352", channel, ident.user, server, server, name, flags, "0 " + ident.realname
+        )
+
+    def _whox_line(self, channel: str, name: str, spec: str) -> str:
+        """WHOX (IRCv3): the asked-for fields, always in the order t c u i h s n f d l a o r."""
+        wanted, _, token = spec[1:].partition(",")
+        ident = IDENTS.get(name)
+        user = self.hub.user(name) if "l" in wanted else None
+        server = self.server_name
+        values = {
+            "t": token[:3] or "0",
+            "c": channel,
+            "u": ident.user,
+            "i": "255.255.255.255",  # addresses are not shown to other users
+            "h": server,
+            "s": server,
+            "n": name,
+            "f": "G" if ident.away else "H",
+            "d": "0",
+            "l": str(int(user["idle"])) if user is not None else "0",
+            "a": "0",  # no accounts
+            "o": "n/a",
+            "r": ident.realname,
+        }
+        params = [values[f] for f in "tcuihsnfdlaor" if f in wanted]
+        if not params:
+            return ""
+        return self.num("354", *params, colon="r" in wanted)
+
+    def cmd_whowas(self, msg: Message) -> None:
+        if not msg.params or not msg.params[0]:
+            self.reply("431", "No nickname given")
+            return
+        nick = msg.params[0]
+        count = 0
+        if len(msg.params) > 1 and msg.params[1].lstrip("-").isdigit():
+            count = max(0, int(msg.params[1]))
+        found = IDENTS.was(nick)[: count or None]
+        out = [] if found else [self.num("406", nick, "There was no such nickname")]
+        for name, ident, when in found:
+            out.append(self.num("314", name, ident.user, self.server_name, "*", ident.realname))
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
+            out.append(self.num("312", name, self.server_name, stamp))
+        out.append(self.num("369", nick, "End of WHOWAS"))
+        self.send(*out)
+
+    def cmd_ison(self, msg: Message) -> None:
+        nicks = " ".join(msg.params).split()
+        online = [str(u["name"]) for u in map(self.hub.user, nicks) if u is not None]
+        self.reply("303", " ".join(online))
+
+    def cmd_userhost(self, msg: Message) -> None:
+        out = []
+        for nick in " ".join(msg.params).split()[:5]:
+            user = self.hub.user(nick)
+            if user is not None:
+                name = str(user["name"])
+                ident = IDENTS.get(name)
+                away = "-" if ident.away else "+"
+                out.append(f"{name}={away}{ident.user}@{self.server_name}")
+        self.reply("302", " ".join(out))
+
+
+def _is_text(frame: Frame) -> bool:
+    return not isinstance(frame, bytes) or bool(frame.strip())
+
+
+def _error_words(err: events.Error) -> str:
+    return error_text(err)
+
+
+def _log_message(event: str, name: Optional[str], to: str, text: str, full: bool) -> None:
+    if full:
+        logsetup.log.info(event, name=name, to=to, bytes=len(text), text=text)
+    else:
+        logsetup.log.debug(event, name=name, to=to, bytes=len(text))
+
+
+_DISPATCH: dict[str, Callable[[IrcSession, Message], None]] = {
+    name[4:].upper(): getattr(IrcSession, name)
+    for name in dir(IrcSession)
+    if name.startswith("cmd_")
+}
