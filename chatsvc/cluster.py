@@ -779,10 +779,14 @@ class ClusterBackend:
             members = [(gone[i], _record(gone[i + 1])) for i in range(0, len(gone), 2)]
             logsetup.log.warning("cluster_node_reaped", node=node, members=len(members))
             with self.hub.lock:
-                for _, (_, name, rooms) in members:
-                    for room in rooms:
+                for key, (_, name, rooms) in members:
+                    # The rooms from the record, and from what the streams told us
+                    # (a record written just before the node died may lag).
+                    seen = {r: n[key] for r, n in self.hub.remote_rooms.items() if key in n}
+                    for room in dict.fromkeys([*rooms, *seen]):
                         if room in self.hub.rooms:
-                            self.publish(room, events.Left(room, name, "error"), None, node)
+                            shown = seen.get(room, name)
+                            self.publish(room, events.Left(room, shown, "error"), None, node)
         self._suspects = suspects
 
 

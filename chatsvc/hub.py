@@ -465,8 +465,10 @@ class Hub:
                 room = self.cfg.rooms.default
                 self.rooms[room][m] = None
                 m.rooms[room] = None
+                self.backend.rooms_changed(m)  # queued before the join it goes with
                 self._announce_membership(room, events.Joined(room, name), m)
-            self.backend.rooms_changed(m)
+            else:
+                self.backend.rooms_changed(m)
             self._put(m, events.Hello(name, room), reply=True)
             owed = self._owed()
         _wake(owed)
@@ -498,11 +500,11 @@ class Hub:
                 return events.error("already_in_room", room=room)
             del self.rooms[old][m]
             del m.rooms[old]
-            self._announce_membership(old, events.Left(old, m.name, "moved"), m)
             self.rooms[room][m] = None
             m.rooms[room] = None
+            self.backend.rooms_changed(m)  # queued before the leave and join it goes with
+            self._announce_membership(old, events.Left(old, m.name, "moved"), m)
             self._announce_membership(room, events.Joined(room, m.name), m)
-            self.backend.rooms_changed(m)
             self._put(m, events.NowIn(room), reply=True)
             owed = self._owed()
         _wake(owed)
@@ -538,9 +540,9 @@ class Hub:
             del self.by_name[m.key or ""]
             m.name, m.key = name, key
             self.by_name[key] = m
+            self.backend.rooms_changed(m)
             for room in m.rooms:
                 self._announce_membership(room, events.Renamed(room, old, name), m)
-            self.backend.rooms_changed(m)
             self._put(m, events.Renamed(m.room or "", old, name), reply=True)
             owed = self._owed()
         _wake(owed)
@@ -574,8 +576,8 @@ class Hub:
             self.rooms[room][m] = None
             m.rooms[room] = None
             joined = events.Joined(room, m.name)
-            self._announce_membership(room, joined, m)
             self.backend.rooms_changed(m)
+            self._announce_membership(room, joined, m)
             self._put(m, joined, reply=True)
             owed = self._owed()
         _wake(owed)
@@ -589,8 +591,8 @@ class Hub:
             del self.rooms[room][m]
             del m.rooms[room]
             left = events.Left(room, m.name, "part", text)
-            self._announce_membership(room, left, m)
             self.backend.rooms_changed(m)
+            self._announce_membership(room, left, m)
             self._put(m, left, reply=True)
             owed = self._owed()
         _wake(owed)

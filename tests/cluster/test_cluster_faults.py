@@ -24,6 +24,16 @@ def proxy(redis_server: RedisServer) -> Iterator[FaultProxy]:
     p.close()
 
 
+def story(node: ServerProcess) -> list[str]:
+    """The node's cluster events so far, for a failure message."""
+    list(node.iter_events(0.5))
+    return [
+        f"{e.get('timestamp', '')[11:23]} {e['event']} {e.get('node') or e.get('error') or ''}"
+        for e in node.events
+        if str(e.get("event", "")).startswith(("cluster_", "client_"))
+    ]
+
+
 def chat(c: RawClient, n: int, timeout: float = 15.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while len([x for x in c.seen if x.startswith("[lobby] ")]) < n:
@@ -59,7 +69,10 @@ def test_a_partitioned_node_is_reaped_then_fences_itself_when_it_returns(
     try:
         alice.send("anyone there?")
         assert alice.expect("! cluster", timeout=15) == "! cluster unavailable"
-        bob.expect("* alice left lobby (connection lost)", timeout=10)
+        try:
+            bob.expect("* alice left lobby (connection lost)", timeout=10)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; node a: {story(a)}; node b: {story(b)}") from None
         # the name is free on the rest of the cluster meanwhile
         with logged_in(b.host, b.port, "alice") as twin:
             twin.send("bye")
