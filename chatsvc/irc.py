@@ -40,7 +40,7 @@ from chatsvc.dialects import REFUSAL_TEXT, error_text, shutdown_text
 from chatsvc.events import Event
 from chatsvc.hub import Hub, Member
 from chatsvc.protocol import OVERLONG, Frame, LineSplitter
-from chatsvc.ratelimit import TokenBucket
+from chatsvc.session import DROPPED, PAID, flood_bucket, is_text, pay, read_frames
 
 MAX_BODY = 510  # bytes of a line without tags and CRLF (RFC 1459: 512 with CRLF)
 MAX_TAGS = 8191  # bytes of the tags part, '@' and the trailing space included (IRCv3)
@@ -48,8 +48,6 @@ MAX_PARAMS = 15
 MAX_TARGETS = 4  # per PRIVMSG/NOTICE/JOIN/PART/WHOIS
 WHO_MAX = 500  # users listed for a WHO with a wildcard mask
 WHOWAS_HISTORY = 200  # IRC users remembered after they leave
-RECV_SIZE = 479  # see chatsvc.session: a small buffer per idle reader thread
-BULK_RECV_SIZE = 16384
 # Capabilities offered; each combination gets its own dialect object.
 CAPS = ("echo-message", "multi-prefix", "server-time", "userhost-in-names")
 # IRC formatting codes (bold, colour, reset, reverse, italic, strike, underline,
@@ -453,8 +451,7 @@ class IrcSession:
         self.hub = hub
         self.member = member
         self.sock = sock
-        limits = hub.cfg.limits
-        self.bucket = TokenBucket(limits.flood_rate, limits.flood_burst, time.monotonic())
+        self.bucket = flood_bucket(hub)
         self.caps: frozenset[str] = frozenset()
         self.cap_pending = False  # CAP LS/REQ seen, CAP END not yet: registration waits
         self.nick: Optional[str] = None  # wanted, before registration; the name after
@@ -519,44 +516,20 @@ class IrcSession:
 
     def _messages(self) -> Iterator[Message]:
         """Parsed messages until EOF, each line paid for from the flood bucket."""
-        m = self.member
         splitter = LineSplitter(MAX_TAGS + MAX_BODY)
-        recv = self.sock.recv
-        while True:
-            data = recv(RECV_SIZE)
-            if not data:
-                return
-            if len(data) == RECV_SIZE:
-                try:
-                    data += recv(BULK_RECV_SIZE, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    pass
-            for frame in splitter.feed(data):
-                if m.close_reason is not None:  # closing: discard the rest
-                    break
-                m.last_active = time.monotonic()
-                if not self._admit(frame):
-                    continue
-                msg = self._parse(frame)
-                if msg is not None:
-                    yield msg
-
-    def _admit(self, frame: Frame) -> bool:
-        """Take a token for ``frame`` (every line pays, as in the line protocol)."""
-        limits = self.hub.cfg.limits
-        bucket = self.bucket
-        if bucket.rate != limits.flood_rate or bucket.burst != limits.flood_burst:
-            bucket.rate, bucket.burst = limits.flood_rate, float(limits.flood_burst)
-        if bucket.take(time.monotonic()):
-            self.member.throttled = False
-            return True
-        self.member.throttled = True
-        if limits.flood_strikes and bucket.strikes > limits.flood_strikes:
-            self.hub.close(self.member, "flood", events.error("flooding"))
-        elif _is_text(frame):
-            slow = events.error("slow_down", rate=limits.flood_rate, burst=limits.flood_burst)
-            self.send(line(self.server_name, "NOTICE", self.me, error_text(slow)))
-        return False
+        for frame in read_frames(self.sock, self.member, splitter):
+            paid = pay(
+                self.hub, self.member, self.bucket
+            )  # every line pays, as in the line protocol
+            if paid == DROPPED and is_text(frame):
+                limits = self.hub.cfg.limits
+                slow = events.error("slow_down", rate=limits.flood_rate, burst=limits.flood_burst)
+                self.send(line(self.server_name, "NOTICE", self.me, error_text(slow)))
+            if paid != PAID:
+                continue
+            msg = self._parse(frame)
+            if msg is not None:
+                yield msg
 
     def _parse(self, frame: Frame) -> Optional[Message]:
         if frame is OVERLONG:
@@ -643,7 +616,7 @@ class IrcSession:
         nick = msg.params[0]
         why = protocol.check_name(nick, self.hub.cfg.limits.name_max_length)
         if why is not None:
-            self.reply("432", nick, "Erroneous nickname: " + _error_words(why))
+            self.reply("432", nick, "Erroneous nickname: " + error_text(why))
             return
         if self.registered:
             self._rename(nick)
@@ -675,7 +648,7 @@ class IrcSession:
         elif why.code == "name_taken":
             self.reply("433", nick, "Nickname is already in use")
         elif why.code == "name_banned":
-            self.reply("432", nick, "Erroneous nickname: " + _error_words(why))
+            self.reply("432", nick, "Erroneous nickname: " + error_text(why))
 
     def _try_register(self) -> None:
         if self.registered or self.cap_pending or self.nick is None or self.user is None:
@@ -687,7 +660,7 @@ class IrcSession:
             if why.code == "name_taken":
                 self.reply("433", nick, "Nickname is already in use")
             elif why.code == "name_banned":
-                self.reply("432", nick, "Erroneous nickname: " + _error_words(why))
+                self.reply("432", nick, "Erroneous nickname: " + error_text(why))
             self.nick = None
             return
         self.registered = True
@@ -1118,14 +1091,6 @@ class IrcSession:
                 away = "-" if ident.away else "+"
                 out.append(f"{name}={away}{ident.user}@{self.server_name}")
         self.reply("302", " ".join(out))
-
-
-def _is_text(frame: Frame) -> bool:
-    return not isinstance(frame, bytes) or bool(frame.strip())
-
-
-def _error_words(err: events.Error) -> str:
-    return error_text(err)
 
 
 def _log_message(event: str, name: Optional[str], to: str, text: str, full: bool) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from typing import Callable
+from typing import Callable, Optional
 
 from chatsvc import __version__, events, logsetup, protocol
 from chatsvc.events import Event
@@ -45,8 +45,7 @@ class Session:
         self.hub = hub
         self.member = member
         self.sock = sock
-        limits = hub.cfg.limits
-        self.bucket = TokenBucket(limits.flood_rate, limits.flood_burst, time.monotonic())
+        self.bucket = flood_bucket(hub)
 
     def tell(self, *evs: Event) -> None:
         self.hub.tell(self.member, *evs)
@@ -85,46 +84,25 @@ class Session:
         answered (when it was not blank) and never reaches the caller.
         """
         m = self.member
-        splitter = protocol.LineSplitter(self.hub.cfg.limits.max_line_bytes)
-        recv = self.sock.recv
-        while True:
-            data = recv(RECV_SIZE)
-            if not data:
-                return
-            if len(data) == RECV_SIZE:
-                try:
-                    data += recv(BULK_RECV_SIZE, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    pass
-            splitter.limit = self.hub.cfg.limits.max_line_bytes  # a reload applies at once
-            for frame in splitter.feed(data):
-                if m.close_reason is not None:  # closing: discard the rest
-                    break
-                m.last_active = time.monotonic()
-                # Names need no token: MAX_NAME_TRIES caps them.  Blank lines
-                # before the name and every line after it do.
-                named = m.name is not None
-                if (not named and _is_text(frame)) or self._admit(frame):
-                    yield frame
+        splitter = protocol.LineSplitter(self._line_limit())
+        for frame in read_frames(self.sock, m, splitter, self._line_limit):
+            # Names need no token: MAX_NAME_TRIES caps them.  Blank lines
+            # before the name and every line after it do.
+            if m.name is None and is_text(frame):
+                yield frame
+                continue
+            paid = pay(self.hub, m, self.bucket)
+            if paid == PAID:
+                yield frame
+            elif paid == DROPPED and is_text(frame):
+                # every dropped line is answered, so a client that waits for a reply
+                # to each line (chatsvc-client in scripted mode) never waits forever
+                limits_now = self.hub.cfg.limits
+                rate, burst = limits_now.flood_rate, limits_now.flood_burst
+                self.tell(events.error("slow_down", rate=rate, burst=burst))
 
-    def _admit(self, frame: Frame) -> bool:
-        """Take a token for ``frame``; False (answered or cut) if the bucket is empty."""
-        limits = self.hub.cfg.limits  # may change on reload
-        bucket = self.bucket
-        if bucket.rate != limits.flood_rate or bucket.burst != limits.flood_burst:
-            bucket.rate, bucket.burst = limits.flood_rate, float(limits.flood_burst)
-        if bucket.take(time.monotonic()):
-            self.member.throttled = False
-            return True
-        self.member.throttled = True
-        over = limits.flood_strikes and bucket.strikes > limits.flood_strikes
-        if over:
-            self.hub.close(self.member, "flood", events.error("flooding"))
-        elif _is_text(frame):
-            # every dropped line is answered, so a client that waits for a reply
-            # to each line (chatsvc-client in scripted mode) never waits forever
-            self.tell(events.error("slow_down", rate=limits.flood_rate, burst=limits.flood_burst))
-        return False
+    def _line_limit(self) -> int:
+        return self.hub.cfg.limits.max_line_bytes  # read per batch: a reload applies at once
 
     def _text(self, frame: Frame) -> str | None:
         """Decode one frame, answering the client if it is unusable."""
@@ -143,7 +121,7 @@ class Session:
         tries = 0
         max_len = self.hub.cfg.limits.name_max_length
         for frame in frames:
-            if not _is_text(frame):
+            if not is_text(frame):
                 continue  # (does not postpone the login timeout: that counts from connect)
             text = self._text(frame)
             if text is not None:
@@ -165,7 +143,7 @@ class Session:
 
     def _chat(self, frames: Iterator[Frame]) -> None:
         for frame in frames:
-            if not _is_text(frame):
+            if not is_text(frame):
                 continue  # a keep-alive: it counted as activity
             text = self._text(frame)
             if text is None:
@@ -234,6 +212,66 @@ _DISPATCH: dict[str, Callable[[Session, Command], None]] = {
 }
 
 
-def _is_text(frame: Frame) -> bool:
+# --- shared by every protocol's reader thread (the line protocol and IRC) --------------
+
+PAID, DROPPED, CUT = "paid", "dropped", "cut"
+
+
+def read_frames(
+    sock: socket.socket,
+    m: Member,
+    splitter: protocol.LineSplitter,
+    limit: Optional[Callable[[], int]] = None,
+) -> Iterator[Frame]:
+    """Frames from ``sock`` until EOF; the rest is discarded once ``m`` is closing.
+
+    Every frame counts as activity for the idle timeout.  ``limit``, if given,
+    is read before each batch, so a reloaded line limit applies at once.
+    """
+    recv = sock.recv
+    while True:
+        data = recv(RECV_SIZE)
+        if not data:
+            return
+        if len(data) == RECV_SIZE:
+            try:
+                data += recv(BULK_RECV_SIZE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+        if limit is not None:
+            splitter.limit = limit()
+        for frame in splitter.feed(data):
+            if m.close_reason is not None:  # closing: discard the rest
+                break
+            m.last_active = time.monotonic()
+            yield frame
+
+
+def flood_bucket(hub: Hub) -> TokenBucket:
+    """A new connection's bucket, full, at the live limits."""
+    limits = hub.cfg.limits
+    return TokenBucket(limits.flood_rate, limits.flood_burst, time.monotonic())
+
+
+def pay(hub: Hub, m: Member, bucket: TokenBucket) -> str:
+    """Take a token for one line: ``PAID``, ``DROPPED`` (answer it) or ``CUT`` (flooding).
+
+    The bucket follows the live limits; past ``flood_strikes`` refused lines in a
+    row the member is closed as ``flood``.
+    """
+    limits = hub.cfg.limits  # may change on reload
+    if bucket.rate != limits.flood_rate or bucket.burst != limits.flood_burst:
+        bucket.rate, bucket.burst = limits.flood_rate, float(limits.flood_burst)
+    if bucket.take(time.monotonic()):
+        m.throttled = False
+        return PAID
+    m.throttled = True
+    if limits.flood_strikes and bucket.strikes > limits.flood_strikes:
+        hub.close(m, "flood", events.error("flooding"))
+        return CUT
+    return DROPPED
+
+
+def is_text(frame: Frame) -> bool:
     """Not a blank line (an overlong one counts as text)."""
     return not isinstance(frame, bytes) or bool(frame.strip())
