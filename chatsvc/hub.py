@@ -443,15 +443,16 @@ class Hub:
     def login(self, m: Member, name: str, join_default: bool = True) -> Optional[Error]:
         """Register ``name`` (and join the default room); why not, if refused."""
         key = name.casefold()
-        with self.lock:
-            taken = key in self.by_name
-        if taken:
-            return events.error("name_taken", name=name)
-        claimed = self.backend.claim(m, key)  # cluster-wide; may wait for the cluster
-        if claimed is not None:
-            if claimed.code in ("name_taken", "name_banned"):  # worded with the name as typed
-                return events.error(claimed.code, **{**claimed.params, "name": name})
-            return claimed
+        if self.backend.spans_nodes:  # claim it cluster-wide first; this may wait for Redis
+            with self.lock:
+                taken = key in self.by_name  # no round trip for a name held here
+            if taken:
+                return events.error("name_taken", name=name)
+            claimed = self.backend.claim(m, key)
+            if claimed is not None:
+                if claimed.code in ("name_taken", "name_banned"):  # worded as typed
+                    return events.error(claimed.code, **{**claimed.params, "name": name})
+                return claimed
         with self.lock:
             refusal = self._admit_name(m, name, key)
             if refusal is not None:
