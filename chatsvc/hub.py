@@ -66,7 +66,7 @@ class Member:
     """One connection as the hub sees it.  Fields by owner:
 
     * fixed at creation, read by anyone: ``addr``, ``port``, ``connected_at``,
-      ``connected_mono``, ``link``; ``dialect`` too, except that an IRC session
+      ``connected_mono``, ``link``, ``secure`` (came through a TLS listener); ``dialect`` too, except that an IRC session
       may switch it through ``Hub.set_dialect`` (under the lock) (the writer's per-connection
       state; only the writer thread looks inside it);
     * written by the member's reader thread only, read without the lock by
@@ -94,14 +94,21 @@ class Member:
         "queued",
         "rooms",
         "scheduled",
+        "secure",
         "throttled",
     )
 
     def __init__(
-        self, addr: str = "127.0.0.1", port: int = 0, dialect: Dialect = LINE, link: Any = None
+        self,
+        addr: str = "127.0.0.1",
+        port: int = 0,
+        dialect: Dialect = LINE,
+        link: Any = None,
+        secure: bool = False,
     ) -> None:
         self.addr = addr
         self.port = port
+        self.secure = secure  # the connection is TLS (a TLS listener)
         self.dialect = dialect
         self.link = link
         self.connected_at = time.time()
