@@ -74,15 +74,21 @@ end
 return out
 """
 
-# KEYS: names, this node's members, this node's lease, bans
-# ARGV: casefolded name, claim token, "node|", member record
-# Returns {1}, {0} (taken), {-1} (our lease is gone), {-2, ms left} (banned).
+# KEYS: names, this node's members, this node's lease, name bans, address bans
+# ARGV: casefolded name, claim token, "node|", member record, the client's address
+# Returns {1}, {0} (taken), {-1} (our lease is gone), {-2, ms left} (name banned),
+# {-3, ms left} (address banned).
 CLAIM = """
 if redis.call('EXISTS', KEYS[3]) == 0 then return {-1} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local aban = redis.call('HGET', KEYS[5], ARGV[5])
+if aban then
+  if tonumber(aban) > now then return {-3, tonumber(aban) - now} end
+  redis.call('HDEL', KEYS[5], ARGV[5])
+end
 local ban = redis.call('HGET', KEYS[4], ARGV[1])
 if ban then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if tonumber(ban) > now then return {-2, tonumber(ban) - now} end
   redis.call('HDEL', KEYS[4], ARGV[1])
 end
@@ -93,11 +99,17 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 return {1}
 """
 
-# KEYS: bans.  ARGV: casefolded name, seconds (0: lift the ban)
+# KEYS: name bans or address bans, where bans came from.  ARGV: casefolded name
+# or address, seconds (0: lift the ban), "name:NAME" or "address:ADDR", this node.
+# An expiry is Redis's clock in ms, so every node reads the same one.
 BAN = """
-if tonumber(ARGV[2]) <= 0 then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+if tonumber(ARGV[2]) <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 return redis.call('HSET', KEYS[1], ARGV[1], now + math.floor(tonumber(ARGV[2]) * 1000))
 """
 
@@ -176,7 +188,12 @@ class Keys:
         self.epoch = prefix + "epoch"
         self.names = prefix + "names"
         self.nodes = prefix + "nodes"
-        self.bans = prefix + "bans"
+        self.bans = prefix + "bans"  # casefolded name -> expiry (ms, Redis's clock)
+        self.address_bans = prefix + "abans"  # address -> expiry (ms, Redis's clock)
+        self.ban_origin = prefix + "bansrc"  # "name:NAME" or "address:ADDR" -> node
+
+    def ban_hash(self, kind: str) -> str:
+        return self.bans if kind == "name" else self.address_bans
 
     def stream(self, room: str) -> str:
         return f"{self.p}s:{room}"
@@ -254,6 +271,7 @@ class ClusterBackend:
         try:
             self._register()
             self._load_remote()
+            self._load_address_bans()
         except redis.RedisError as exc:
             hint = ""
             if self._password is None and ("auth" in str(exc).lower() or "HELLO" in str(exc)):
@@ -337,6 +355,17 @@ class ClusterBackend:
                 members[str(key)] = (name, node, rooms)
         self.hub.set_remote(members)
 
+    def _load_address_bans(self) -> None:
+        """The cluster's address bans, so that they are refused at accept here too.
+
+        Later bans arrive through the inbox; a client whose address was banned
+        while this node could not hear of it is still refused at login, where
+        the claim checks the shared list.
+        """
+        for ban in self.bans() or []:
+            if ban["kind"] == "address":
+                self.hub.ban_address(ban["what"], ban["expires_in"], "", forward=False)
+
     # --- called by the hub (lock held: never block) ---------------------------------------
 
     def publish(
@@ -373,13 +402,21 @@ class ClusterBackend:
         try:
             with self._claim_lock:
                 got = self._scripts["claim"](
-                    keys=[k.names, k.members(self.node), k.lease(self.node), k.bans],
-                    args=[key, token, self.node + "|", record],
+                    keys=[
+                        k.names,
+                        k.members(self.node),
+                        k.lease(self.node),
+                        k.bans,
+                        k.address_bans,
+                    ],
+                    args=[key, token, self.node + "|", record, m.addr],
                 )
         except redis.RedisError:
             return events.error("cluster_unavailable")
         if got[0] == -1:  # between losing our lease and taking it again
             return events.error("cluster_unavailable")
+        if got[0] == -3:
+            return events.error("refused", reason="banned")
         if got[0] == -2:
             return events.error("name_banned", name=key, seconds=int(got[1]) / 1000)
         if not got[0]:
@@ -410,7 +447,68 @@ class ClusterBackend:
         self._control.put(("inbox", [node, "kick", kick], []))
 
     def ban_name(self, key: str, seconds: float) -> None:
-        self._control.put(("ban", [key, str(seconds)], []))
+        self._control.put(("ban", ["name", key, str(seconds), ""], []))
+
+    def ban_address(self, address: str, seconds: float, reason: str) -> None:
+        self._control.put(("ban", ["address", address, str(seconds), reason], []))
+
+    def unban(self, kind: str, what: str) -> None:
+        self._control.put(("ban", [kind, what, "0", ""], []))
+
+    # Bans are written by the publisher, in order with the rest of this node's
+    # writes, so a lift never overtakes the ban it lifts.  The two reads below run
+    # in an admin thread on a connection of their own.
+
+    def ban_known(self, kind: str, what: str) -> bool:
+        k = self.keys
+        try:
+            r = self._connect()
+            try:
+                with r.pipeline(transaction=False) as p:
+                    p.time()
+                    p.hget(k.ban_hash(kind), what)
+                    (sec, usec), expiry = p.execute()
+            finally:
+                r.close()
+        except redis.RedisError:
+            return False
+        return expiry is not None and int(expiry) > int(sec) * 1000 + int(usec) // 1000
+
+    def bans(self) -> Optional[list[dict[str, Any]]]:
+        k = self.keys
+        try:
+            r = self._connect()
+            try:
+                with r.pipeline(transaction=False) as p:
+                    p.time()
+                    p.hgetall(k.bans)
+                    p.hgetall(k.address_bans)
+                    p.hgetall(k.ban_origin)
+                    (sec, usec), names, addrs, origin = p.execute()
+            finally:
+                r.close()
+        except redis.RedisError as exc:
+            logsetup.log.warning("cluster_bans_unreadable", error=str(exc))
+            return None
+        now = int(sec) * 1000 + int(usec) // 1000
+        out = []
+        for kind, table in (("name", names), ("address", addrs)):
+            for what, expiry in table.items():
+                try:
+                    left = int(expiry) - now
+                except ValueError:
+                    continue
+                if left > 0:
+                    node = origin.get(f"{kind}:{what}")
+                    out.append(
+                        {
+                            "kind": kind,
+                            "what": what,
+                            "expires_in": round(left / 1000, 1),
+                            "node": node,
+                        }
+                    )
+        return out
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every node: id, address, version, lease left, members (an admin thread)."""
@@ -523,6 +621,9 @@ class ClusterBackend:
         append, release, rooms, ban = shas
         epoch = secrets.token_hex(8)
         history = str(self.cfg.history)
+        others: list[str] = []
+        if any(op == "ban" for op, _, _ in controls):
+            others = [str(n) for n in r.hkeys(k.nodes) if n != self.node]
         with r.pipeline(transaction=False) as p:
             for start in range(0, len(batch), APPEND_CHUNK):
                 keys, args = [k.epoch], [history, epoch]
@@ -539,7 +640,17 @@ class ClusterBackend:
                     entry = {args[1]: args[2]}
                     p.xadd(k.inbox(args[0]), entry, maxlen=1000, approximate=True)  # type: ignore[arg-type]
                 elif op == "ban":
-                    p.evalsha(ban, 1, k.bans, *args)
+                    kind, what, seconds, reason = args
+                    origin = f"{kind}:{what}"
+                    p.evalsha(
+                        ban, 2, k.ban_hash(kind), k.ban_origin, what, seconds, origin, self.node
+                    )
+                    # Every other node is told at once: an address ban closes its
+                    # connections there, a lift drops its own copy of the ban.
+                    notice = json.dumps([kind, what, float(seconds), reason])
+                    if kind == "address" or float(seconds) <= 0:
+                        for node in others:
+                            p.xadd(k.inbox(node), {"ban": notice}, maxlen=1000, approximate=True)
             p.execute()
 
     def _drop_old(self, batch: list[Append]) -> None:
@@ -687,6 +798,13 @@ class ClusterBackend:
     def _inbox(self, entries: Iterable[tuple[str, dict[str, str]]]) -> None:
         for entry_id, fields in entries:
             self._inbox_last = entry_id
+            if "ban" in fields:
+                try:
+                    kind, what, seconds, reason = json.loads(fields["ban"])
+                    self._apply_ban(str(kind), str(what), float(seconds), str(reason))
+                except (ValueError, TypeError) as exc:
+                    logsetup.log.error("cluster_bad_entry", room=None, id=entry_id, error=str(exc))
+                continue
             if "kick" in fields:
                 try:
                     name, reason, ban = json.loads(fields["kick"])
@@ -701,6 +819,18 @@ class ClusterBackend:
                 continue
             if isinstance(event, events.Private):
                 self.hub.deliver_private(event)
+
+    def _apply_ban(self, kind: str, what: str, seconds: float, reason: str) -> None:
+        """Another node's ban or lift, here too (the reader thread)."""
+        if seconds <= 0:
+            if kind == "name":
+                self.hub.unban(name=what, forward=False)
+            else:
+                self.hub.unban(address=what, forward=False)
+            logsetup.log.info("cluster_unban", kind=kind, what=what)
+        elif kind == "address":
+            closed = self.hub.ban_address(what, seconds, reason, forward=False)
+            logsetup.log.info("cluster_address_ban", address=what, seconds=seconds, closed=closed)
 
     # --- the keeper thread: lease and reaper -----------------------------------------
 
