@@ -478,7 +478,9 @@ def format_bans(result: Mapping[str, Any]) -> str:
     bans = result["bans"]
     if not bans:
         return "no bans"
-    rows = [(b["kind"], b["what"], format_duration(float(b["expires_in"]))) for b in bans]
+    rows: list[tuple[str, ...]] = [
+        (b["kind"], b["what"], format_duration(float(b["expires_in"]))) for b in bans
+    ]
     if any("node" in b for b in bans):  # cluster mode: the node that set each ban
         rows = [(*row, b.get("node") or "?") for row, b in zip(rows, bans)]
         return table(["KIND", "WHAT", "TIME LEFT", "NODE"], rows, right={"TIME LEFT"})
