@@ -29,6 +29,7 @@ Reader threads of clients talk to Redis only at login (``claim``).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import queue
@@ -50,7 +51,8 @@ from chatsvc.wakeup import block_process_signals
 
 # Appends a batch of lines.  KEYS: the epoch, then per line its stream, sequence
 # and dedupe key.  ARGV: MAXLEN, a fresh epoch (used if there is none), then per
-# line its data, origin node and excluded member.  Returns each line's number.
+# line its data, origin node, excluded member and message id.  Returns each
+# line's number.
 APPEND = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -59,6 +61,7 @@ if not epoch then
 end
 local out = {}
 for i = 0, (#KEYS - 1) / 3 - 1 do
+  local j = 4 * i
   local dedupe = KEYS[4 + 3 * i]
   local seen = redis.call('GET', dedupe)
   if seen then
@@ -66,7 +69,7 @@ for i = 0, (#KEYS - 1) / 3 - 1 do
   else
     local seq = redis.call('INCR', KEYS[3 + 3 * i])
     redis.call('XADD', KEYS[2 + 3 * i], 'MAXLEN', '~', ARGV[1], seq .. '-0',
-               'e', epoch, 'o', ARGV[4 + 3 * i], 'x', ARGV[5 + 3 * i], 'd', ARGV[3 + 3 * i])
+               'e', epoch, 'o', ARGV[4 + j], 'x', ARGV[5 + j], 'd', ARGV[3 + j], 'm', ARGV[6 + j])
     redis.call('SET', dedupe, seq, 'EX', 600)
     out[#out + 1] = seq
   end
@@ -113,6 +116,14 @@ redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 return redis.call('HSET', KEYS[1], ARGV[1], now + math.floor(tonumber(ARGV[2]) * 1000))
 """
 
+# KEYS: a room's sequence.  ARGV: the highest number this node knows was used.
+# After the store lost lines, their numbers are not given out again.
+BUMP = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) return tonumber(ARGV[1]) end
+return cur
+"""
+
 # KEYS: names, this node's members.  ARGV: casefolded name, claim token
 RELEASE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
@@ -153,6 +164,7 @@ return all
 """
 
 BLOCK_MS = 1000
+REMEMBER = 1000  # delivered entries remembered per room, to recognise lost ones
 BATCH = 256
 APPEND_CHUNK = 64  # lines per script call (one call per line: 12.1k lines/s; this: 14.3k)
 RETRY_MIN, RETRY_MAX = 0.05, 1.0
@@ -235,6 +247,12 @@ class ClusterBackend:
         self.epoch: Optional[str] = None
         self.down_since: Optional[float] = None  # the publisher cannot reach Redis
         self.last_seq: dict[str, int] = {}
+        # What the reader delivered lately, per room: (number, message id), to
+        # recognise a store that lost lines even when new ones took their numbers.
+        self._delivered: dict[str, collections.deque[tuple[int, str]]] = {}
+        self._acked: dict[str, int] = {}  # room -> highest number Redis acknowledged
+        self._lost_upto: dict[str, int] = {}  # room -> numbers known lost (no gap notice)
+        self._verify = False  # set by the publisher: a number came back twice
         self._inbox_last = "0-0"
         self._password = read_password(ccfg.password_file)
         self._conn = self._connect()  # for claims (client threads, one at a time)
@@ -248,6 +266,7 @@ class ClusterBackend:
                 ("rooms", ROOMS),
                 ("reap", REAP),
                 ("renew", RENEW),
+                ("bump", BUMP),
             )
         }
         self._reset_lock = threading.Lock()  # one reaction to a reset store at a time
@@ -358,13 +377,21 @@ class ClusterBackend:
     def _load_address_bans(self) -> None:
         """The cluster's address bans, so that they are refused at accept here too.
 
-        Later bans arrive through the inbox; a client whose address was banned
-        while this node could not hear of it is still refused at login, where
-        the claim checks the shared list.
+        At start, and again when the node rejoins after it was reaped (its inbox
+        was emptied).  Other bans and lifts arrive through the inbox; a client
+        whose address was banned while this node could not hear of it is
+        refused at login anyway, where the claim checks the shared list.
         """
-        for ban in self.bans() or []:
-            if ban["kind"] == "address":
-                self.hub.ban_address(ban["what"], ban["expires_in"], "", forward=False)
+        shared = self.bans()
+        if shared is None:
+            return
+        addresses = {b["what"]: b["expires_in"] for b in shared if b["kind"] == "address"}
+        with self.hub.lock:
+            stale = [a for a in self.hub.address_bans if a not in addresses]
+        for address in stale:  # lifted while we could not hear of it
+            self.hub.unban(address=address, forward=False)
+        for address, left in addresses.items():
+            self.hub.ban_address(address, left, "", forward=False)
 
     # --- called by the hub (lock held: never block) ---------------------------------------
 
@@ -629,7 +656,7 @@ class ClusterBackend:
                 keys, args = [k.epoch], [history, epoch]
                 for a in batch[start : start + APPEND_CHUNK]:
                     keys += [k.stream(a.room), k.seq(a.room), k.dedupe(a.msgid)]
-                    args += [a.data, a.origin, a.exclude]
+                    args += [a.data, a.origin, a.exclude, a.msgid]
                 p.evalsha(append, len(keys), *keys, *args)
             for op, args, _ in controls:
                 if op == "release":
@@ -651,7 +678,18 @@ class ClusterBackend:
                     if kind == "address" or float(seconds) <= 0:
                         for node in others:
                             p.xadd(k.inbox(node), {"ban": notice}, maxlen=1000, approximate=True)
-            p.execute()
+            replies = p.execute()
+        self._acknowledged(batch, replies)
+
+    def _acknowledged(self, batch: list[Append], replies: list[Any]) -> None:
+        """Note the numbers Redis gave; one given a second time means lost lines."""
+        numbers = [n for reply in replies[: -(-len(batch) // APPEND_CHUNK)] for n in reply]
+        for a, n in zip(batch, numbers):
+            seq = int(n)
+            if seq <= self._acked.get(a.room, 0) and not self._verify:
+                logsetup.log.warning("cluster_number_reused", room=a.room, seq=seq)
+                self._verify = True  # the reader checks what it delivered
+            self._acked[a.room] = max(seq, self._acked.get(a.room, 0))
 
     def _drop_old(self, batch: list[Append]) -> None:
         """Lines that waited ``unavailable_after`` are dropped; their senders are told."""
@@ -679,6 +717,10 @@ class ClusterBackend:
                 if self._reload_seq:
                     self._reload_seq = False
                     self._load_seq(r)
+                if self._verify:  # the publisher saw a number given twice
+                    self._verify = False
+                    for room in list(self.last_seq):
+                        self._verify_room(r, room)
                 streams = {
                     self.keys.stream(room): f"{seq}-0" for room, seq in self.last_seq.items()
                 }
@@ -712,37 +754,81 @@ class ClusterBackend:
             if r.get(self.keys.epoch) == self.epoch:
                 return False  # the other thread has just handled it
             self._epoch_changed("the cluster's store was reset")
+            self._delivered, self._acked = {}, {}  # numbers start again
             self._register()
             self._reload_seq = True
             self._reclaim()
         return True
 
     def _resync(self, r: redis.Redis) -> None:
-        """After (re)connecting: an epoch change or a sequence that went backwards is said."""
+        """After (re)connecting: an emptied store, or one that lost lines, is said."""
+        self._verify = False
         if self._check_reset(r):
             self._load_seq(r)
             self._reload_seq = False
             return
-        with r.pipeline(transaction=False) as p:
-            for room in self.last_seq:
-                p.get(self.keys.seq(room))
-            seqs = p.execute()
-        for room, seq in zip(list(self.last_seq), seqs):
-            now = int(seq or 0)
-            if now < self.last_seq[room]:
-                # The store lost acknowledged lines (an fsync policy that allows it):
-                # reusing their numbers would be a silent gap.  A new epoch instead.
-                self._new_epoch(r)
-                self._epoch_changed("the cluster's store lost recent lines")
-                for name in self.last_seq:
-                    self.last_seq[name] = min(self.last_seq[name], now)
-                self.last_seq[room] = now
-                break
+        for room in list(self.last_seq):
+            self._verify_room(r, room)
 
-    def _new_epoch(self, r: redis.Redis) -> None:
-        fresh = secrets.token_hex(8)
-        r.set(self.keys.epoch, fresh)
-        self.epoch = fresh
+    def _verify_room(self, r: redis.Redis, room: str) -> None:
+        """Whether the store still has what this node delivered and was acknowledged.
+
+        A Redis that acknowledged writes before they reached its disk
+        (``appendfsync everysec`` or ``no``) and then crashed comes back with a
+        room's sequence lower than what was used: its last lines are gone, and
+        new lines may already have taken their numbers.  Either shows here: the
+        sequence is below what we delivered or were acknowledged, or an entry
+        we delivered is missing or another line.  Then the members are told,
+        we continue after the last entry that is still the same, and the
+        sequence is raised past every number we know was used, so no number is
+        given to a second line from now on.
+        """
+        last = self.last_seq.get(room, 0)
+        known = max(last, self._acked.get(room, 0))
+        delivered = self._delivered.get(room) or collections.deque()
+        stream = self.keys.stream(room)
+        with r.pipeline(transaction=False) as p:
+            p.get(self.keys.seq(room))
+            p.xrange(stream, count=1)
+            if delivered:
+                p.xrange(stream, f"{delivered[0][0]}-0", f"{last}-0")
+            got = p.execute()
+        now, first = int(got[0] or 0), got[1]
+        oldest = int(first[0][0].split("-", 1)[0]) if first else now + 1  # trimmed below
+        store = (
+            {int(i.split("-", 1)[0]): f.get("m") or f.get("d", "") for i, f in got[2:][0]}
+            if delivered
+            else {}
+        )
+        same = last
+        for seq, mark in delivered:
+            if seq >= oldest and store.get(seq) != mark:
+                same = seq - 1
+                break
+        if now >= known and same == last:
+            return
+        same = min(same, now)
+        while delivered and delivered[-1][0] > same:
+            delivered.pop()
+        self.last_seq[room] = same
+        self._lost_upto[room] = int(
+            self._scripts["bump"](keys=[self.keys.seq(room)], args=[known], client=r)
+        )
+        logsetup.log.warning(
+            "cluster_lines_lost",
+            room=room,
+            delivered=last,
+            acknowledged=known,
+            store=now,
+            kept=same,
+        )
+        self.hub.announce(
+            events.Announcement(
+                "the cluster's store lost recent lines; lines sent meanwhile may be lost", room
+            ),
+            room,
+            local=True,
+        )
 
     def _epoch_changed(self, why: str) -> None:
         logsetup.log.warning("cluster_epoch_changed", why=why)
@@ -773,8 +859,8 @@ class ClusterBackend:
             if fields.get("e") != self.epoch:
                 self.epoch = fields.get("e")
                 self._epoch_changed("the cluster's store was reset")
-            elif seq > last + 1 and last:
-                missed = seq - last - 1
+            elif seq > last + 1 and last and seq - 1 > self._lost_upto.get(room, 0):
+                missed = seq - 1 - max(last, self._lost_upto.get(room, 0))
                 self.hub.announce(
                     events.Announcement(f"{missed} lines in {room} were missed", room),
                     room,
@@ -782,6 +868,10 @@ class ClusterBackend:
                 )
                 logsetup.log.warning("cluster_gap", room=room, missed=missed)
             self.last_seq[room] = seq
+            delivered = self._delivered.get(room)
+            if delivered is None:
+                delivered = self._delivered[room] = collections.deque(maxlen=REMEMBER)
+            delivered.append((seq, fields.get("m") or fields.get("d", "")))
             try:
                 event = events.from_wire(json.loads(fields["d"]))
             except (KeyError, ValueError) as exc:
@@ -864,7 +954,8 @@ class ClusterBackend:
         # of the old one.
         old = self.incarnation
         self.incarnation = secrets.token_hex(4)
-        self._register()
+        self._register()  # (a new, empty inbox: ban notices sent meanwhile are read again)
+        self._load_address_bans()
         self._reachable()
         self._fence(old)
         logsetup.lifecycle.info("cluster_rejoined", node=self.node, incarnation=self.incarnation)
