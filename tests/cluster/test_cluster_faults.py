@@ -1,4 +1,4 @@
-"""Network faults between a node and Redis, through a TCP proxy (tests/cluster/proxy.py)."""
+"""Network faults between a node and Redis, through a TCP proxy (bench/nemesis.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Callable
 
 import pytest
 
+from bench.nemesis import FaultProxy
 from tests.cluster.conftest import RedisServer
-from tests.cluster.proxy import FaultProxy
 from tests.e2e.helpers import RawClient, ServerProcess, logged_in
 
 Node = Callable[..., ServerProcess]
