@@ -14,6 +14,9 @@ its baseline in the same run:
   lines delivered per second against one embedded node.
 
 Loopback only; every phase is bounded by ``--seconds`` plus a drain limit.
+
+``--soak SECONDS`` runs the soak instead (bench/soak.py): every room busy on
+2-3 nodes while a nemesis kills, pauses and cuts, then a history check.
 """
 
 from __future__ import annotations
@@ -317,7 +320,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--saturate-receivers", type=int, default=50)
     p.add_argument("--appendfsync", default="always", choices=["always", "everysec", "no"])
+    soak = p.add_argument_group("soak (bench/soak.py): chat under a nemesis, then a history check")
+    soak.add_argument("--soak", type=float, metavar="SECONDS", help="run the soak instead")
+    soak.add_argument("--soak-nodes", type=int, default=3, choices=[2, 3])
+    soak.add_argument("--soak-rate", type=float, default=4.0, help="lines/s per client")
+    soak.add_argument("--soak-gap", type=float, default=3.0, help="quiet seconds between faults")
     args = p.parse_args(argv)
+    if args.soak is not None:
+        from bench import soak as soak_run
+
+        if not 5 <= args.soak <= 3600:
+            p.error("--soak: between 5 and 3600 seconds")
+        result = soak_run.soak(
+            args.soak, nodes_n=args.soak_nodes, rate=args.soak_rate, gap=args.soak_gap
+        )
+        print(json.dumps(result, indent=2))
+        return 0 if result["ok"] else 1
     out: dict[str, Any] = {"appendfsync": args.appendfsync}
     with tempfile.TemporaryDirectory(prefix="cs-bc-", dir="/tmp") as tmp:
         work = Path(tmp)

@@ -226,14 +226,15 @@ class LoggingClient:
         finally:
             self.ended.set()
 
-    def send(self, text: str) -> bool:
-        """Send one line; False if the connection is gone."""
+    def send(self, text: str, record: bool = True) -> bool:
+        """Send one line (``record``: a chat line the checker follows); False if gone."""
         with self._lock:
             try:
                 self.sock.sendall(text.encode() + b"\n")
             except OSError:
                 return False
-            self.sent.append(text)
+            if record:
+                self.sent.append(text)
             return True
 
     def wait_for(self, text: str, timeout: float = 10.0) -> bool:

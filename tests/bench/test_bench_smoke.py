@@ -56,3 +56,27 @@ def test_probe_measures_a_target_against_the_floor_in_the_same_run() -> None:
     assert seed["floor_delivered"] == seed["floor_expected"] == 50 * 20
     assert seed["p99_x_floor"] == round(seed["p99_ms"] / seed["floor_p99_ms"], 2)
     assert "| seed | 1 |" in proc.stderr  # the summary table
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_cluster_soak_smoke_checks_a_clean_history_under_faults() -> None:
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    pytest.importorskip("redis")
+    argv = [sys.executable, "-m", "bench.cluster", "--soak", "12", "--soak-nodes", "2"]
+    proc = subprocess.run(
+        [*argv, "--soak-gap", "1.5", "--soak-rate", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["ok"] and result["sent"] > 100, result
+    assert sum(result["faults"].values()) >= 2, result
+    assert (result["lost"], result["duplicated"], result["reordered"]) == (0, 0, 0), result
