@@ -311,6 +311,46 @@ def sequencing(
     return {"sequenced_per_s": round((after - before) / (t1 - t0))}
 
 
+def fanout_rounds(args: argparse.Namespace) -> int:
+    """Alternate embedded and cluster fan-out on the same processes; ratios per round."""
+    rounds: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="cs-bc-", dir="/tmp") as tmp:
+        work = Path(tmp)
+        with (
+            chatsvc_node(work, "solo", None) as solo,
+            redis_server(work, args.appendfsync) as rs,
+            chatsvc_node(work, "a", rs) as a,
+            chatsvc_node(work, "b", rs) as b,
+        ):
+            for i in range(args.fanout_repeat):
+                single = fanout([solo], args.receivers, args.rate, args.seconds)
+                cluster = fanout([a, b], args.receivers, args.rate, args.seconds)
+                ratio = (
+                    round(cluster["p99_ms"] / single["p99_ms"], 2) if single["p99_ms"] > 0 else -1
+                )
+                rounds.append({"single": single, "cluster": cluster, "p99_ratio": ratio})
+                print(
+                    f"round {i + 1}: p99 single {single['p99_ms']} ms,"
+                    f" cluster {cluster['p99_ms']} ms, ratio {ratio};"
+                    f" p50 {single['p50_ms']} / {cluster['p50_ms']} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    ratios = sorted(r["p99_ratio"] for r in rounds)
+    print(
+        json.dumps(
+            {
+                "appendfsync": args.appendfsync,
+                "rounds": rounds,
+                "p99_ratios": ratios,
+                "median_p99_ratio": ratios[len(ratios) // 2],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__)
     p.add_argument("--receivers", type=int, default=200)
@@ -325,7 +365,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     soak.add_argument("--soak-nodes", type=int, default=3, choices=[2, 3])
     soak.add_argument("--soak-rate", type=float, default=4.0, help="lines/s per client")
     soak.add_argument("--soak-gap", type=float, default=3.0, help="quiet seconds between faults")
+    p.add_argument(
+        "--fanout-repeat",
+        type=int,
+        metavar="N",
+        help="only the fan-out: N rounds alternating embedded and cluster, on the same"
+        " processes; each round's p99 ratio and their median",
+    )
     args = p.parse_args(argv)
+    if args.fanout_repeat is not None:
+        if not 1 <= args.fanout_repeat <= 50:
+            p.error("--fanout-repeat: between 1 and 50")
+        return fanout_rounds(args)
     if args.soak is not None:
         from bench import soak as soak_run
 

@@ -275,7 +275,8 @@ class ClusterBackend:
 
     # --- start and stop -----------------------------------------------------------
 
-    def _connect(self, timeout: Optional[float] = None) -> redis.Redis:
+    def _connect(self, timeout: Optional[float] = None, single: bool = False) -> redis.Redis:
+        """A client; ``single``: one connection, held (no pool round per command)."""
         return redis.Redis.from_url(
             self.cfg.backend,
             password=self._password,
@@ -283,6 +284,7 @@ class ClusterBackend:
             socket_connect_timeout=2.0,
             decode_responses=True,
             health_check_interval=0,
+            single_connection_client=single,
         )
 
     def start(self) -> None:
@@ -576,7 +578,8 @@ class ClusterBackend:
         block_process_signals()
         # A short timeout: a line must not wait on a dead connection longer than
         # it may wait at all (appends are idempotent: a timed-out batch is retried).
-        r = self._connect(timeout=min(2.0, max(0.2, self.cfg.unavailable_after / 2)))
+        timeout = min(2.0, max(0.2, self.cfg.unavailable_after / 2))
+        r: Optional[redis.Redis] = None  # one held connection (see _reader), made when needed
         # Scripts go by EVALSHA.  (redis-py's Script objects in a pipeline ask
         # SCRIPT EXISTS before every batch: one more round trip per line batch.)
         # They are loaded again after any error: a restarted Redis has none.
@@ -603,6 +606,7 @@ class ClusterBackend:
             if not batch and not controls:
                 if self.down_since is not None:  # nothing to send: is Redis back?
                     try:
+                        r = r or self._connect(timeout=timeout, single=True)
                         r.ping()
                     except redis.RedisError:
                         self._stop.wait(delay)
@@ -611,6 +615,7 @@ class ClusterBackend:
                     self._reachable()
                 continue
             try:
+                r = r or self._connect(timeout=timeout, single=True)
                 if shas is None:
                     shas = tuple(r.script_load(t) for t in (APPEND, RELEASE, ROOMS, BAN))  # type: ignore[assignment]
                 assert shas is not None
@@ -648,6 +653,15 @@ class ClusterBackend:
         append, release, rooms, ban = shas
         epoch = secrets.token_hex(8)
         history = str(self.cfg.history)
+        if len(batch) <= APPEND_CHUNK and not controls:
+            # The usual case at chat rates: one script call, without a pipeline's
+            # own cost (its object, command stack and reply callbacks).
+            keys, args = [k.epoch], [history, epoch]
+            for a in batch:
+                keys += [k.stream(a.room), k.seq(a.room), k.dedupe(a.msgid)]
+                args += [a.data, a.origin, a.exclude, a.msgid]
+            self._acknowledged(batch, [r.evalsha(append, len(keys), *keys, *args)])
+            return
         others: list[str] = []
         if any(op == "ban" for op, _, _ in controls):
             others = [str(n) for n in r.hkeys(k.nodes) if n != self.node]
@@ -712,7 +726,9 @@ class ClusterBackend:
         while not self._stop.is_set():
             try:
                 if r is None:
-                    r = self._connect()
+                    # One held connection: a pooled client checks the idle socket
+                    # (a poll) and takes the pool's lock on every XREAD.
+                    r = self._connect(single=True)
                     self._resync(r)
                 if self._reload_seq:
                     self._reload_seq = False
