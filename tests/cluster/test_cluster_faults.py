@@ -65,6 +65,8 @@ def test_a_partitioned_node_is_reaped_then_fences_itself_when_it_returns(
     alice = logged_in(a.host, a.port, "alice")
     bob = logged_in(b.host, b.port, "bob")
     alice.expect("* bob joined lobby")
+    alice.send("hello")  # after alice's join: once bob has it, so has the cluster
+    bob.expect("[lobby] alice: hello")
     proxy.pause()
     try:
         alice.send("anyone there?")
