@@ -442,12 +442,14 @@ def format_kick(result: Mapping[str, Any]) -> str:
         n = int(result.get("also_closed") or 0)
         text += f"; address {result['address']} banned too"
         text += f", {_plural(n, 'other connection')} closed" if n else ""
+    elif result.get("address_node"):
+        text += f"; its address banned too, by node {result['address_node']}"
     return text
 
 
 def kick_shortfall(request: Mapping[str, Any], result: Mapping[str, Any]) -> Optional[str]:
     """What a kick request asked for and did not get, or None (then exit 0)."""
-    if request.get("ban_address") and not result.get("address"):
+    if request.get("ban_address") and not result.get("address") and not result.get("address_node"):
         return (
             f"no user {result['name']} online, so the address was not banned "
             "(it is only known while the user is connected); "

@@ -471,8 +471,10 @@ class ClusterBackend:
         self._control.put(("inbox", [node, "d", json.dumps(events.to_wire(event))], []))
         return self.available
 
-    def kick_remote(self, node: str, name: str, reason: str, ban_seconds: float) -> None:
-        kick = json.dumps([name, reason, ban_seconds])
+    def kick_remote(
+        self, node: str, name: str, reason: str, ban_seconds: float, ban_address: bool = False
+    ) -> None:
+        kick = json.dumps([name, reason, ban_seconds, ban_address])
         self._control.put(("inbox", [node, "kick", kick], []))
 
     def ban_name(self, key: str, seconds: float) -> None:
@@ -913,8 +915,11 @@ class ClusterBackend:
                 continue
             if "kick" in fields:
                 try:
-                    name, reason, ban = json.loads(fields["kick"])
-                    self.hub.kick(str(name), str(reason), float(ban), forward=False)
+                    name, reason, ban, *more = json.loads(fields["kick"])
+                    by_address = (
+                        bool(more[0]) if more else False
+                    )  # (absent before bans were shared)
+                    self.hub.kick(str(name), str(reason), float(ban), by_address, forward=False)
                 except (ValueError, TypeError) as exc:
                     logsetup.log.error("cluster_bad_entry", room=None, id=entry_id, error=str(exc))
                 continue

@@ -182,7 +182,9 @@ class RoomBackend(Protocol):
 
     def send_private(self, node: str, event: events.Private) -> bool: ...
 
-    def kick_remote(self, node: str, name: str, reason: str, ban_seconds: float) -> None: ...
+    def kick_remote(
+        self, node: str, name: str, reason: str, ban_seconds: float, ban_address: bool = False
+    ) -> None: ...
 
     def ban_name(self, key: str, seconds: float) -> None:
         """Share a name ban (0 seconds: lift it)."""
@@ -237,7 +239,9 @@ class LocalBackend:
     def send_private(self, node: str, event: events.Private) -> bool:
         return False
 
-    def kick_remote(self, node: str, name: str, reason: str, ban_seconds: float) -> None:
+    def kick_remote(
+        self, node: str, name: str, reason: str, ban_seconds: float, ban_address: bool = False
+    ) -> None:
         pass
 
     def ban_name(self, key: str, seconds: float) -> None:
@@ -266,6 +270,7 @@ class KickResult(NamedTuple):
     name_banned: bool  # the name is banned (until the ban's expiry)
     address: Optional[str]  # the address banned too (only known for a kicked user)
     also_closed: int  # other connections from that address closed by the address ban
+    address_node: Optional[str] = None  # another node's member: that node bans its address
 
 
 class Hub:
@@ -838,11 +843,13 @@ class Hub:
             m = self.by_name.get(key)
             if ban_seconds > 0:
                 self.bans[key] = time.monotonic() + ban_seconds
-                self.backend.ban_name(key, ban_seconds)
+                if forward:  # (a kick forwarded here: the node asked shared it)
+                    self.backend.ban_name(key, ban_seconds)
             kicked = m is not None and m.close_reason is None
             node = self.remote_nodes.get(key) if m is None and forward else None
+            by_node = ban_address and ban_seconds > 0
             if node is not None:  # a member of another node: its node kicks it
-                self.backend.kick_remote(node, name, reason, ban_seconds)
+                self.backend.kick_remote(node, name, reason, ban_seconds, by_node)
                 kicked = True
             if m is not None and kicked:
                 self.kicks += 1
@@ -856,7 +863,8 @@ class Hub:
                     also = self._close_address(address, reason)
             owed = self._owed()
         _wake(owed)
-        return KickResult(kicked, ban_seconds > 0, address, also)
+        address_node = node if node is not None and by_node else None
+        return KickResult(kicked, ban_seconds > 0, address, also, address_node)
 
     def _close_address(self, address: str, reason: str) -> int:
         """Close every open connection from ``address`` as kicked; lock held."""

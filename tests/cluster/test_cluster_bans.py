@@ -139,3 +139,24 @@ def test_name_bans_are_listed_and_lifted_from_any_node(node: Node, short_tmp: Pa
 
     until(admitted, what="b admits bob again")
     assert {x["what"] for x in bans(short_tmp / "b.sock")} == {"127.0.0.4"}
+
+
+def test_kick_with_an_address_ban_of_another_nodes_member_bans_its_address_everywhere(
+    node: Node, short_tmp: Path
+) -> None:
+    a, b = node("a"), node("b")
+    alice = from_address(a, "127.0.0.5", "alice")
+    bob = from_address(b, "127.0.0.5", "bob")
+    carol = logged_in(b.host, b.port, "carol")
+    alice.expect("* carol joined lobby")
+    done = admin(short_tmp / "a.sock", "kick", "bob", "--ban", "60", "--ban-address")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "address banned too, by node b" in done.stdout
+    bob.expect_eof()
+    alice.expect("* you were kicked")  # the same address, on the other node
+    alice.expect_eof()
+    carol.send("still here")
+    carol.expect("[lobby] carol: still here")
+    until(lambda: first_line(a, "127.0.0.5") == BANNED, what="a refuses the address")
+    listed = {(x["kind"], x["what"], x["node"]) for x in bans(short_tmp / "a.sock")}
+    assert listed == {("name", "bob", "a"), ("address", "127.0.0.5", "b")}
