@@ -66,9 +66,10 @@ class Member:
     """One connection as the hub sees it.  Fields by owner:
 
     * fixed at creation, read by anyone: ``addr``, ``port``, ``connected_at``,
-      ``connected_mono``, ``link``, ``secure`` (came through a TLS listener); ``dialect`` too, except that an IRC session
-      may switch it through ``Hub.set_dialect`` (under the lock) (the writer's per-connection
-      state; only the writer thread looks inside it);
+      ``connected_mono``, ``link`` (the writer's per-connection state; only the
+      writer thread looks inside it), ``secure`` (came through a TLS listener);
+      ``dialect`` too, except that an IRC session may switch it through
+      ``Hub.set_dialect`` (under the lock);
     * written by the member's reader thread only, read without the lock by
       the reaper and the views (single attribute stores): ``last_active``,
       ``throttled``;
@@ -670,6 +671,20 @@ class Hub:
         with self.lock:
             m.dialect = dialect
 
+    def poke(self, m: Member) -> None:
+        """Schedule ``m``'s writer with nothing new to send.
+
+        A TLS reader calls it when reading produced ciphertext (an alert, a
+        key-update reply) that the writer must send; the reader holds no other
+        lock when it does.
+        """
+        with self.lock:
+            if not m.scheduled:
+                m.scheduled = True
+                m.mailbox.to_send.append(m)
+            owed = self._owed()
+        _wake(owed)
+
     def tell(self, m: Member, *evs: Event) -> None:
         """Events for one member only: replies to its commands, errors."""
         with self.lock:
@@ -949,6 +964,8 @@ class Hub:
                 if out:
                     sends.append((m, b"".join(out) if len(out) > 1 else out[0]))
                     m.outbox = []
+                else:  # poked: its writer has bytes of its own (TLS) to send
+                    sends.append((m, b""))
             closes = [(m, m.close_flush) for m in box.to_close]
             retires = [(m, m.close_flush) for m in box.to_retire]
             box.to_send, box.to_close, box.to_retire = [], [], []
@@ -1057,6 +1074,7 @@ def _user_view(m: Member, now: float, node: str = "") -> dict[str, Any]:
         "queued_bytes": m.queued,
         "messages": m.msgs_sent,
         "throttled": m.throttled,
+        "tls": m.secure,
     }
     if node:
         view["node"] = node

@@ -39,12 +39,20 @@ BULK_RECV_SIZE = 16384
 class Session:
     """The reader side of one connection: reads, frames, parses, calls the hub."""
 
-    __slots__ = ("bucket", "hub", "member", "sock")
+    __slots__ = ("bucket", "hub", "member", "receive", "sock")
 
-    def __init__(self, hub: Hub, member: Member, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        member: Member,
+        sock: socket.socket,
+        receive: Optional[Receive] = None,
+    ) -> None:
         self.hub = hub
         self.member = member
         self.sock = sock
+        # bytes from the client: the socket's, or a TLS channel's plaintext
+        self.receive = receive or plain_receiver(sock)
         self.bucket = flood_bucket(hub)
 
     def tell(self, *evs: Event) -> None:
@@ -85,7 +93,7 @@ class Session:
         """
         m = self.member
         splitter = protocol.LineSplitter(self._line_limit())
-        for frame in read_frames(self.sock, m, splitter, self._line_limit):
+        for frame in read_frames(self.receive, m, splitter, self._line_limit):
             # Names need no token: MAX_NAME_TRIES caps them.  Blank lines
             # before the name and every line after it do.
             if m.name is None and is_text(frame):
@@ -217,27 +225,41 @@ _DISPATCH: dict[str, Callable[[Session, Command], None]] = {
 PAID, DROPPED, CUT = "paid", "dropped", "cut"
 
 
-def read_frames(
-    sock: socket.socket,
-    m: Member,
-    splitter: protocol.LineSplitter,
-    limit: Optional[Callable[[], int]] = None,
-) -> Iterator[Frame]:
-    """Frames from ``sock`` until EOF; the rest is discarded once ``m`` is closing.
+Receive = Callable[[], bytes]
 
-    Every frame counts as activity for the idle timeout.  ``limit``, if given,
-    is read before each batch, so a reloaded line limit applies at once.
-    """
+
+def plain_receiver(sock: socket.socket) -> Receive:
+    """Blocking reads from a plain socket: b"" at EOF, OSError on a reset."""
     recv = sock.recv
-    while True:
+
+    def receive() -> bytes:
         data = recv(RECV_SIZE)
-        if not data:
-            return
         if len(data) == RECV_SIZE:
             try:
                 data += recv(BULK_RECV_SIZE, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 pass
+        return data
+
+    return receive
+
+
+def read_frames(
+    receive: Receive,
+    m: Member,
+    splitter: protocol.LineSplitter,
+    limit: Optional[Callable[[], int]] = None,
+) -> Iterator[Frame]:
+    """Frames from ``receive`` (a plain socket or TLS) until EOF; the rest is
+    discarded once ``m`` is closing.
+
+    Every frame counts as activity for the idle timeout.  ``limit``, if given,
+    is read before each batch, so a reloaded line limit applies at once.
+    """
+    while True:
+        data = receive()
+        if not data:
+            return
         if limit is not None:
             splitter.limit = limit()
         for frame in splitter.feed(data):
