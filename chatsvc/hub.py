@@ -2,7 +2,8 @@
 
 Who calls in
   * each session's reader thread: ``add``/``login``/``say``/``join``/``private``/
-    ``tell``/``room_list``/``who``/``close``/``remove``;
+    ``tell``/``room_list``/``who``/``close``/``remove``; over TLS also ``poke``
+    (the writer has ciphertext of its own to send);
   * the accept loop (main thread): ``add``, ``reap``, ``apply`` (reload),
     ``begin_shutdown``, ``force_close_all``, ``announce``;
   * the writer threads: ``collect`` (take their mailbox) and ``sent``;
