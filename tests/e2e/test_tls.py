@@ -420,6 +420,30 @@ def test_console_client_rejects_a_certificate_for_another_host(
     assert pki.fingerprint("wronghost.pem") in result.stderr
 
 
+def test_console_client_reconnects_over_tls_and_verifies_again(
+    tls_server: StartTls, pki: Pki
+) -> None:
+    first = tls_server(server={"plain": False})
+    port = first.tls_port
+    child = spawn_client(first, "--cafile", pki.ca, "--name", "alice", "--reconnect")
+    try:
+        child.expect_exact("* hello alice, you are in lobby")
+        child.expect_exact("lobby> ")
+        first.proc.proc.send_signal(signal.SIGTERM)
+        assert first.proc.wait_exit() == 0
+        child.expect_exact("reconnecting")
+        second = tls_server(server={"plain": False}, tls={"port": port})
+        child.expect_exact(f"* reconnected to 127.0.0.1:{port}")
+        child.expect_exact("* hello alice, you are in lobby")
+        with second.tls("bob") as bob:
+            bob.send("welcome back")
+            child.expect_exact("[lobby] bob: welcome back")
+        child.send("bye\r")
+        assert finished(child) == 0
+    finally:
+        child.terminate(force=True)
+
+
 def test_console_client_bad_tls_options_are_usage_errors(tmp_path: Path) -> None:
     for args, why in (
         (["--fingerprint", "SHA256:abc"], "64 hex digits"),
@@ -451,6 +475,23 @@ def test_silent_client_times_out_and_blocks_nobody(tls_server: StartTls, pki: Pk
         event = srv.proc.wait_event("tls_handshake_failed")
         assert event["reason"] == "handshake timeout"
         chatting(bob, alice, "still chatting")
+    silent.close()
+
+
+def test_login_timeout_also_ends_a_stalled_handshake(tls_server: StartTls) -> None:
+    srv = tls_server(tls={"handshake_timeout": 60.0}, login_timeout=1.0)
+    silent = socket.create_connection((srv.host, srv.tls_port), timeout=10)
+    silent.sendall(b"\x16\x03\x01")  # a record header begun, never finished
+    started = time.monotonic()
+    with srv.plain("bob") as bob, srv.tls("alice") as alice:
+        try:
+            assert silent.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 5
+        chatting(alice, bob, "the reaper closed it")
+    event = srv.proc.wait_event("tls_handshake_failed")
+    assert event["reason"]
     silent.close()
 
 
