@@ -13,6 +13,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from tests.e2e.helpers import (
     ServerProcess,
     abort,
     logged_in,
+    wait_until,
     write_config,
 )
 from tests.e2e.tlsutil import (
@@ -69,6 +71,23 @@ class TlsServer:
 
 
 StartTls = Callable[..., TlsServer]
+
+
+class OutputReader:
+    """Collects a subprocess's stdout in a thread, for waiting on it with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.data = b""
+        self._out = proc.stdout
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        assert self._out is not None
+        while True:
+            chunk = self._out.read1(4096)
+            if not chunk:
+                return
+            self.data += chunk
 
 
 @pytest.fixture
@@ -574,6 +593,61 @@ def test_renegotiation_is_refused_and_harms_nobody(tls_server: StartTls, pki: Pk
         assert text.count("verify return:1") == 2, text
         assert "no renegotiation" in text or "unexpected record" in text, text
         chatting(bob, alice, "still fine")
+        assert all(e.get("event") != "session_error" for e in srv.proc.events)
+
+
+def test_tls13_key_update_requested_by_the_client(tls_server: StartTls, pki: Pki) -> None:
+    """s_client's ``K`` sends a KeyUpdate asking the server to update too: the
+    server's reply is made by its reader and must go out, in order, before any
+    record under the new key (the writer sends both)."""
+    srv = tls_server()
+    with srv.plain("bob") as bob:
+        proc = subprocess.Popen(
+            [
+                OPENSSL or "openssl",
+                "s_client",
+                "-tls1_3",
+                "-connect",
+                f"127.0.0.1:{srv.tls_port}",
+                "-CAfile",
+                pki.ca,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        seen = OutputReader(proc)
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(b"mallory\n")
+            proc.stdin.flush()
+            bob.expect("mallory joined lobby")
+            proc.stdin.write(b"K\n")  # s_client: key update, update requested
+            proc.stdin.flush()
+            # s_client drops whatever else came with its command in one read: say it
+            # again until it arrives (bounded).
+            deadline = time.monotonic() + 10
+            while True:
+                proc.stdin.write(b"after the key update\n")
+                proc.stdin.flush()
+                try:
+                    bob.expect("mallory: after the key update", timeout=0.5)
+                    break
+                except AssertionError:
+                    assert time.monotonic() < deadline, "no line after the key update"
+            bob.send("and back to mallory")
+            wait_until(lambda: b"bob: and back to mallory" in seen.data, what="the reply")
+            proc.stdin.close()
+            proc.wait(10)
+            out = seen.data
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        text = out.decode("utf-8", "replace")
+        assert "KEYUPDATE" in text
+        # decrypted after the key update (a record out of order would end the session)
+        assert "[lobby] bob: and back to mallory" in text, text
         assert all(e.get("event") != "session_error" for e in srv.proc.events)
 
 
