@@ -713,8 +713,9 @@ class TlsSettings:
     pin: Optional[bytes] = None  # SHA-256 of the certificate (DER): replaces CA and name checks
 
 
-class TlsVerifyFailed(OSError):
-    """The server's certificate was not accepted; the message says why and how to pin."""
+class TlsFailed(OSError):
+    """No TLS session: the handshake failed, or the server's certificate was not
+    accepted.  The message is the whole line for the user (why, and what to do)."""
 
 
 def parse_fingerprint(text: str) -> Optional[bytes]:
@@ -862,13 +863,16 @@ def _tls_start(sock: socket.socket, host: str, port: int, settings: TlsSettings)
             if fp
             else ""
         )
-        raise TlsVerifyFailed(f"TLS verification of {where} failed: {reason}{hint}") from None
+        raise TlsFailed(f"TLS verification of {where} failed: {reason}{hint}") from None
     except ssl.SSLError as exc:
-        raise OSError(f"TLS handshake with {where} failed: {exc.reason or exc}") from None
+        reason = str(exc.reason or exc).replace("_", " ").lower()
+        raise TlsFailed(
+            f"TLS handshake with {where} failed ({reason}): is {where} a chatsvc TLS port?"
+        ) from None
     if settings.pin is not None:
         got = hashlib.sha256(layer.peer_certificate()).digest()
         if got != settings.pin:
-            raise TlsVerifyFailed(
+            raise TlsFailed(
                 f"TLS verification of {where} failed: the server's certificate is "
                 f"{format_fingerprint(got)}, not the pinned {format_fingerprint(settings.pin)}"
             )
@@ -1094,7 +1098,7 @@ class Runner(abc.ABC):
     def open(self) -> bool:
         try:
             sock, layer = connect(self.args.host, self.args.port, self.tls)
-        except TlsVerifyFailed as exc:
+        except TlsFailed as exc:
             self.finish(Outcome(ExitCode.CANNOT_CONNECT, str(exc)))
             return False
         except OSError as exc:

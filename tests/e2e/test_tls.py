@@ -422,6 +422,22 @@ def test_console_client_verification_failure_says_what_and_how_to_pin(
     assert fp in result.stderr and "not the pinned" in result.stderr
 
 
+def test_console_client_tls_to_a_plain_port_says_so(tls_server: StartTls) -> None:
+    srv = tls_server()
+    result = subprocess.run(
+        [sys.executable, "-m", "chatsvc.client", "--port", str(srv.port), "--tls"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        cwd=str(ROOT),
+    )
+    assert result.returncode == 3
+    assert result.stderr.count("\n") == 1
+    assert f"TLS handshake with 127.0.0.1:{srv.port} failed" in result.stderr
+    assert "a chatsvc TLS port?" in result.stderr
+
+
 def test_console_client_rejects_a_certificate_for_another_host(
     tls_server: StartTls, pki: Pki
 ) -> None:
