@@ -47,7 +47,6 @@ from chatsvc.session import (
     flood_bucket,
     is_text,
     pay,
-    plain_receiver,
     read_frames,
 )
 
@@ -467,7 +466,7 @@ class IrcSession:
         self.hub = hub
         self.member = member
         self.sock = sock
-        self.receive = receive or plain_receiver(sock)  # the socket's bytes, or TLS plaintext
+        self.receive = receive  # TLS: the channel's plaintext; None: the socket's bytes
         self.bucket = flood_bucket(hub)
         self.caps: frozenset[str] = frozenset()
         self.cap_pending = False  # CAP LS/REQ seen, CAP END not yet: registration waits
@@ -534,7 +533,7 @@ class IrcSession:
     def _messages(self) -> Iterator[Message]:
         """Parsed messages until EOF, each line paid for from the flood bucket."""
         splitter = LineSplitter(MAX_TAGS + MAX_BODY)
-        for frame in read_frames(self.receive, self.member, splitter):
+        for frame in read_frames(self.sock, self.member, splitter, receive=self.receive):
             paid = pay(
                 self.hub, self.member, self.bucket
             )  # every line pays, as in the line protocol

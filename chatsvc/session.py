@@ -51,8 +51,7 @@ class Session:
         self.hub = hub
         self.member = member
         self.sock = sock
-        # bytes from the client: the socket's, or a TLS channel's plaintext
-        self.receive = receive or plain_receiver(sock)
+        self.receive = receive  # TLS: the channel's plaintext; None: the socket's bytes
         self.bucket = flood_bucket(hub)
 
     def tell(self, *evs: Event) -> None:
@@ -93,7 +92,7 @@ class Session:
         """
         m = self.member
         splitter = protocol.LineSplitter(self._line_limit())
-        for frame in read_frames(self.receive, m, splitter, self._line_limit):
+        for frame in read_frames(self.sock, m, splitter, self._line_limit, self.receive):
             # Names need no token: MAX_NAME_TRIES caps them.  Blank lines
             # before the name and every line after it do.
             if m.name is None and is_text(frame):
@@ -225,39 +224,33 @@ _DISPATCH: dict[str, Callable[[Session, Command], None]] = {
 PAID, DROPPED, CUT = "paid", "dropped", "cut"
 
 
-Receive = Callable[[], bytes]
-
-
-def plain_receiver(sock: socket.socket) -> Receive:
-    """Blocking reads from a plain socket: b"" at EOF, OSError on a reset."""
-    recv = sock.recv
-
-    def receive() -> bytes:
-        data = recv(RECV_SIZE)
-        if len(data) == RECV_SIZE:
-            try:
-                data += recv(BULK_RECV_SIZE, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                pass
-        return data
-
-    return receive
+Receive = Callable[[], bytes]  # blocking; b"" at EOF, OSError on a reset
 
 
 def read_frames(
-    receive: Receive,
+    sock: socket.socket,
     m: Member,
     splitter: protocol.LineSplitter,
     limit: Optional[Callable[[], int]] = None,
+    receive: Optional[Receive] = None,
 ) -> Iterator[Frame]:
-    """Frames from ``receive`` (a plain socket or TLS) until EOF; the rest is
-    discarded once ``m`` is closing.
+    """Frames from ``sock`` (or from ``receive``: a TLS channel's plaintext) until
+    EOF; the rest is discarded once ``m`` is closing.
 
     Every frame counts as activity for the idle timeout.  ``limit``, if given,
     is read before each batch, so a reloaded line limit applies at once.
     """
+    recv = sock.recv
     while True:
-        data = receive()
+        if receive is not None:
+            data = receive()
+        else:
+            data = recv(RECV_SIZE)
+            if len(data) == RECV_SIZE:
+                try:
+                    data += recv(BULK_RECV_SIZE, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    pass
         if not data:
             return
         if limit is not None:
