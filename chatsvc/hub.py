@@ -19,7 +19,9 @@ Lock discipline
   never around socket I/O or logging: methods return what to log, and wake the
   writers (a pipe write) after releasing it.  Because every line for a room is
   appended while the lock is held, all members of a room see the room's lines
-  in the same order.
+  in the same order.  The only other lock on a client's path is a TLS
+  connection's ``TlsChannel.lock`` (tls.py), a leaf: never held while calling
+  in here.
 
 Events
   The hub fans out typed events (``chatsvc.events``); each member's dialect

@@ -531,6 +531,28 @@ def test_login_timeout_also_ends_a_stalled_handshake(tls_server: StartTls) -> No
     silent.close()
 
 
+def test_handshaking_connections_count_against_max_clients(tls_server: StartTls) -> None:
+    srv = tls_server(max_clients=3, tls={"handshake_timeout": 60.0})
+    with srv.plain("bob") as bob:
+        silent = [socket.create_connection((srv.host, srv.tls_port), timeout=10) for _ in range(2)]
+        for _ in range(3):  # bob's and the two that never start their handshake
+            srv.proc.wait_event("client_connected")
+        with RawClient(srv.host, srv.port) as late:
+            assert "server full" in (late.read_line() or "")
+        refused = socket.create_connection((srv.host, srv.tls_port), timeout=10)
+        try:
+            assert refused.recv(100) == b""  # just the close: no text for a TLS client
+        except ConnectionResetError:
+            pass
+        refused.close()
+        rejected = srv.proc.wait_event("client_rejected")
+        assert rejected["reason"] == "server_full"
+        for s in silent:
+            s.close()
+        bob.send("/who")
+        bob.expect("bob")
+
+
 def test_garbage_instead_of_a_client_hello(tls_server: StartTls) -> None:
     srv = tls_server()
     with srv.tls("alice") as alice, srv.plain("bob") as bob:
