@@ -72,7 +72,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg, overrides = effective_config(args)
         config.admin_group_id(cfg)  # a missing group is a config error, not a failed start
         if cfg.tls.enabled:  # an unreadable or mismatched certificate is one, too
-            tls.server_context(cfg.tls, cfg.source or "<built-in>")
+            tls.server_context(cfg.tls)
     except ConfigError as exc:
         print(f"chatsvc: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -92,7 +92,7 @@ class ChatServer:
         # fails the start before anything listens.  New connections take the
         # current context; a reload replaces it.
         self.tls_context: Optional[ssl.SSLContext] = (
-            tls.server_context(cfg.tls, cfg.source or "<built-in>") if cfg.tls.enabled else None
+            tls.server_context(cfg.tls) if cfg.tls.enabled else None
         )
         # Every listener, polled by the same loop with the same limits, and its
         # kind: (speaks IRC, is TLS).  ``listener`` is the line protocol's: the
@@ -280,7 +280,7 @@ class ChatServer:
         if self.tls_context is None:
             return None
         try:
-            return tls.server_context(new.tls, new.source or "<built-in>")
+            return tls.server_context(new.tls)
         except ConfigError as exc:
             logsetup.log.error("tls_reload_failed", file=exc.file, key=exc.key, error=str(exc))
             raise

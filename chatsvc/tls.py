@@ -58,7 +58,7 @@ class TlsError(Exception):
 # --- the context -------------------------------------------------------------------
 
 
-def server_context(tls: TlsConfig, where: str = "<built-in>") -> ssl.SSLContext:
+def server_context(tls: TlsConfig) -> ssl.SSLContext:
     """A server context from ``[tls]``; ConfigError naming the file and the problem.
 
     Based on ``create_default_context(Purpose.CLIENT_AUTH)`` (its cipher list has
@@ -84,7 +84,8 @@ def server_context(tls: TlsConfig, where: str = "<built-in>") -> ssl.SSLContext:
     return ctx
 
 
-def _check_readable(path: str, key: str) -> None:
+def _read_pem(path: str, key: str) -> bytes:
+    """The start of a PEM file; ConfigError if it is missing, unreadable or not PEM."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(1 << 20)
@@ -98,22 +99,44 @@ def _check_readable(path: str, key: str) -> None:
         raise ConfigError(path, key, "a readable PEM file", exc.strerror or str(exc)) from None
     if b"-----BEGIN " not in head:
         raise ConfigError(path, key, "a PEM file (-----BEGIN ...)", "no PEM block")
+    return head
+
+
+def _check_readable(path: str, key: str) -> None:
+    _read_pem(path, key)
+
+
+def _no_password() -> bytes:
+    return b""  # never prompt on a terminal for a key's passphrase
 
 
 def _load_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
-    _check_readable(cert, "tls.cert")
-    _check_readable(key, "tls.key")
+    """Load the certificate chain and key, each problem blamed on the right file."""
+    _read_pem(cert, "tls.cert")
+    if b"ENCRYPTED" in _read_pem(key, "tls.key"):
+        raise ConfigError(key, "tls.key", "an unencrypted PEM private key", "an encrypted key")
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        ctx.load_cert_chain(cert, key)
+        probe.load_verify_locations(cafile=cert)  # parses every certificate in the file
+    except (ssl.SSLError, ValueError) as exc:
+        why = _ssl_reason(exc)
+        if "no certificate" in why:
+            why = "no certificate"
+        elif "PEM lib" in why or "bad base64" in why or "asn1" in why.lower():
+            why = "damaged certificate data"
+        raise ConfigError(
+            cert, "tls.cert", "PEM certificates (the server's, then its chain)", why
+        ) from None
+    try:
+        ctx.load_cert_chain(cert, key, password=_no_password)
     except ssl.SSLError as exc:
-        reason = _ssl_reason(exc)
-        if "KEY_VALUES_MISMATCH" in str(exc).upper() or "values mismatch" in reason:
+        if "KEY_VALUES_MISMATCH" in str(exc).upper() or "values mismatch" in _ssl_reason(exc):
             raise ConfigError(
                 key, "tls.key", f"the private key of {cert}", "a key that does not match it"
             ) from None
-        if "PEM" in str(exc) and "key" not in reason.lower():
-            raise ConfigError(cert, "tls.cert", "a PEM certificate", reason) from None
-        raise ConfigError(key, "tls.key", f"a PEM private key matching {cert}", reason) from None
+        raise ConfigError(
+            key, "tls.key", "an unencrypted PEM private key", "no usable private key"
+        ) from None
     except OSError as exc:
         raise ConfigError(
             cert, "tls.cert", "a readable PEM file", exc.strerror or str(exc)
@@ -127,13 +150,15 @@ def _ssl_reason(exc: BaseException) -> str:
 
 
 def cert_fingerprint(path: str) -> str:
-    """``SHA256:HEX`` of the first certificate in a PEM file (logged on load)."""
-    with open(path, encoding="ascii", errors="replace") as fh:
-        text = fh.read()
-    m = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", text, re.S)
-    if m is None:
+    """``SHA256:HEX`` of the first certificate in a PEM file (logged on load); "" if
+    it cannot be read (the context, already loaded, is what counts)."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            text = fh.read()
+        m = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", text, re.S)
+        return fingerprint(ssl.PEM_cert_to_DER_cert(m.group(0))) if m else ""
+    except (OSError, ValueError):
         return ""
-    return fingerprint(ssl.PEM_cert_to_DER_cert(m.group(0)))
 
 
 # --- fingerprints (also used by the console client's documentation) ----------------------

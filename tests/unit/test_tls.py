@@ -179,13 +179,33 @@ def test_context_errors_name_the_file_and_the_problem(pki: Pki, tmp_path: Path) 
     notpem.write_text("hello\n")
     broken = tmp_path / "broken.pem"
     broken.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    broken_key = tmp_path / "brokenkey.pem"
+    broken_key.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    encrypted = tmp_path / "encrypted.pem"
+    encrypted.write_text(
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n"
+    )
     cases = [
         (tls_cfg(pki, cert=str(tmp_path / "none.pem")), "none.pem", "tls.cert", "no such file"),
         (tls_cfg(pki, key=str(tmp_path / "none.pem")), "none.pem", "tls.key", "no such file"),
         (tls_cfg(pki, cert=str(notpem)), "notpem.pem", "tls.cert", "no PEM block"),
         (tls_cfg(pki, cert=str(tmp_path)), str(tmp_path), "tls.cert", "a directory"),
         (tls_cfg(pki, key=pki.path("self-key.pem")), "self-key.pem", "tls.key", "does not match"),
-        (tls_cfg(pki, cert=str(broken)), "broken.pem", "tls.cert", ""),
+        (tls_cfg(pki, cert=str(broken)), "broken.pem", "tls.cert", "damaged certificate data"),
+        (tls_cfg(pki, key=str(broken_key)), "brokenkey.pem", "tls.key", "no usable private key"),
+        (tls_cfg(pki, key=str(encrypted)), "encrypted.pem", "tls.key", "an encrypted key"),
+        (
+            tls_cfg(pki, cert=pki.path("server-key.pem")),
+            "server-key.pem",
+            "tls.cert",
+            "no certificate",
+        ),
+        (
+            tls_cfg(pki, key=pki.path("server.pem")),
+            "server.pem",
+            "tls.key",
+            "no usable private key",
+        ),
         (tls_cfg(pki, client_ca=str(notpem)), "notpem.pem", "tls.client_ca", "no PEM block"),
     ]
     for cfg, file, key, why in cases:
