@@ -242,15 +242,12 @@ class ChatServer:
             applied = [c for c in changes if c[0] not in restart_keys]
             restart = [c for c in changes if c[0] in restart_keys]
             context = self._new_tls_context(new) if new.tls.enabled else None
+            fingerprint = tls.cert_fingerprint(new.tls.cert) if context is not None else ""
             if context is not None and not check:
                 # Certificates are read again on every reload (renewed files keep
                 # their names); connections already established keep their own.
                 self.tls_context = context
-                logsetup.lifecycle.info(
-                    "tls_reloaded",
-                    cert=new.tls.cert,
-                    fingerprint=tls.cert_fingerprint(new.tls.cert),
-                )
+                logsetup.lifecycle.info("tls_reloaded", cert=new.tls.cert, fingerprint=fingerprint)
             if applied and not check:
                 systemd.reloading()
                 sections: dict[str, dict[str, Any]] = {}
@@ -267,6 +264,8 @@ class ChatServer:
                 "would_apply": [list(c) for c in applied] if check else [],
                 "restart_required": [list(c) for c in restart],
             }
+            if fingerprint:  # the certificate new TLS connections get (or would get)
+                result["tls_certificate"] = fingerprint
             logsetup.lifecycle.info(
                 "config_reloaded" if not check else "config_checked",
                 source=new.source,

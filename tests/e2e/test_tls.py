@@ -297,10 +297,18 @@ def test_reload_switches_the_certificate_for_new_connections(
             assert carol.peer_fingerprint == pki.fingerprint("server2.pem")
         chatting(alice, bob, "still here after the reload")  # keeps its own session
         chatting(bob, alice, "and both ways")
+        admin_sock = srv.config.read_text().split('socket = "')[1].split('"')[0]
+        shown = subprocess.run(
+            [sys.executable, "-m", "chatsvc.admin_cli", "--socket", admin_sock, "reload"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert f"TLS certificate loaded: {pki.fingerprint('server2.pem')}" in shown.stdout
 
         # A broken file changes nothing, is logged and reported by chatsvc-admin.
         (live / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\ngarbage\n")
-        admin_sock = srv.config.read_text().split('socket = "')[1].split('"')[0]
         result = subprocess.run(
             [sys.executable, "-m", "chatsvc.admin_cli", "--socket", admin_sock, "reload"],
             capture_output=True,
