@@ -431,6 +431,24 @@ def test_console_client_verification_failure_says_what_and_how_to_pin(
     assert fp in result.stderr and "not the pinned" in result.stderr
 
 
+def test_console_client_rejects_an_expired_certificate(tls_server: StartTls, pki: Pki) -> None:
+    if not Path(pki.path("expired.pem")).exists():
+        pytest.skip("this openssl cannot make an expired certificate (-days -1)")
+    srv = tls_server(tls={"cert": pki.path("expired.pem"), "key": pki.path("server-key.pem")})
+    result = subprocess.run(
+        [sys.executable, "-m", "chatsvc.client", "--port", str(srv.tls_port), "--cafile", pki.ca],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        cwd=str(ROOT),
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "certificate has expired" in result.stderr
+    assert pki.fingerprint("expired.pem") in result.stderr
+
+
 def test_console_client_tls_to_a_plain_port_says_so(tls_server: StartTls) -> None:
     srv = tls_server()
     result = subprocess.run(

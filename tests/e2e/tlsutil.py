@@ -93,8 +93,8 @@ def _signed(name: str, cn: str, san: str, cwd: Path) -> None:
 
 def make_pki(dir: Path) -> Pki:
     """A CA; server certificates ``server`` and ``server2`` for 127.0.0.1/localhost;
-    ``wronghost`` (valid, for another name); a client certificate ``client``; and a
-    self-signed ``self`` for 127.0.0.1/localhost."""
+    ``wronghost`` (valid, for another name); ``expired`` (the ``server`` key); a client
+    certificate ``client``; and a self-signed ``self`` for 127.0.0.1/localhost."""
     dir.mkdir(parents=True, exist_ok=True)
     _key("ca-key.pem", dir)
     _openssl(
@@ -121,6 +121,14 @@ def make_pki(dir: Path) -> Pki:
     _signed("server2", "localhost", here, dir)
     _signed("wronghost", "elsewhere.example", "DNS:elsewhere.example", dir)
     _signed("client", "a client", "DNS:client.example", dir)
+    try:  # ``expired``: the server's key, validity ending a day before it starts
+        _openssl(
+            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+            "-days", "-1", "-sha256", "-extfile", "server.ext", "-out", "expired.pem",
+            cwd=dir,
+        )  # fmt: skip
+    except subprocess.CalledProcessError:
+        pass  # an openssl that refuses negative days: the test that needs it skips
     _key("self-key.pem", dir)
     _openssl(
         "req",
