@@ -104,10 +104,14 @@ class ChatServer:
         backlog = cfg.server.listen_backlog
         irc_host = cfg.irc.host or cfg.server.host
         try:
-            if cfg.server.plain or listener is not None:
+            if listener is not None and not cfg.server.plain and self.tls_context is not None:
+                # socket activation of a TLS-only server: systemd's socket speaks TLS
+                self.tls_listener = listener
+                self._kinds[listener] = (False, True)
+            elif cfg.server.plain or listener is not None:
                 plain = listener or bind_listener(cfg.server.host, cfg.server.port, backlog)
                 self._kinds[plain] = (False, False)
-            if self.tls_context is not None and cfg.tls.port >= 0:
+            if self.tls_context is not None and cfg.tls.port >= 0 and self.tls_listener is None:
                 self.tls_listener = bind_listener(
                     cfg.tls.host or cfg.server.host, cfg.tls.port, backlog
                 )

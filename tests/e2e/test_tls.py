@@ -24,6 +24,8 @@ from typing import Any, Callable, Optional
 import pexpect
 import pytest
 
+from chatsvc import config
+from chatsvc.server import ChatServer
 from tests.e2e.conftest import TEST_DEFAULTS, _sections
 from tests.e2e.helpers import (
     RawClient,
@@ -215,6 +217,33 @@ def test_plain_listener_off_serves_tls_only(tls_server: StartTls, pki: Pki) -> N
     with srv.tls("alice") as alice:
         alice.send("/rooms")
         alice.expect("lobby")
+
+
+def test_an_activated_socket_serves_tls_when_plain_is_off(pki: Pki) -> None:
+    """Socket activation (a listener handed over) of a TLS-only server: it speaks TLS."""
+    given = socket.create_server(("127.0.0.1", 0))
+    port = given.getsockname()[1]
+    cfg = config.from_mapping(
+        {
+            "server": {"port": 0, "plain": False},
+            "tls": {"port": 0, "cert": pki.path("server.pem"), "key": pki.path("server-key.pem")},
+            "logging": {"level": "warning", "format": "json"},
+        },
+        "test",
+    )
+    server = ChatServer(cfg, given)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert server.started.wait(5)
+        assert server.tls_address == ("127.0.0.1", port) and server.address == server.tls_address
+        with tls_logged_in("127.0.0.1", port, "alice", client_context(pki.ca)) as alice:
+            alice.send("/rooms")
+            alice.expect("lobby")
+    finally:
+        server.request_stop()
+        thread.join(10)
+    assert not thread.is_alive()
 
 
 def test_irc_over_tls(tls_server: StartTls, pki: Pki) -> None:
