@@ -374,13 +374,19 @@ def _yes_no(v: object) -> str:
     return str(v)
 
 
+def _uptime(seconds: float) -> str:
+    """``2h07m (7620.4 s)``; under a minute the short form alone (``42s``), not the figure twice."""
+    short = format_duration(seconds)
+    return short if seconds < 60 else f"{short} ({seconds:g} s)"
+
+
 def _counts(counts: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
 
 
 STAT_FORMATS: dict[str, Callable[[Any], str]] = {
     "version": str,
-    "uptime": lambda v: f"{format_duration(float(v))} ({float(v):g} s)",
+    "uptime": lambda v: _uptime(float(v)),
     "clients": str,
     "logged_in": str,
     "rooms": _counts,
