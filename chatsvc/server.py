@@ -21,6 +21,7 @@ import time
 from typing import Any, Optional, Union
 
 from chatsvc import config, events, irc, logsetup, systemd
+from chatsvc.accounts import Authenticator
 from chatsvc.admin import AdminServer
 from chatsvc.config import Config
 from chatsvc.dialects import LINE, Dialect
@@ -120,6 +121,14 @@ class ChatServer:
         if cfg.cluster.backend:
             try:
                 self._join_cluster(cfg)
+            except BaseException:
+                self.listener.close()
+                raise
+        # Accounts (docs/accounts.md): the store opens at start unless the mode is "open".
+        self.auth = Authenticator(lambda: self.hub.cfg)
+        if cfg.auth.mode != "open":
+            try:
+                _ = self.auth.store
             except BaseException:
                 self.listener.close()
                 raise
@@ -363,7 +372,9 @@ class ChatServer:
             _refuse(conn, refused, is_irc)
             return
         session: Union[Session, irc.IrcSession] = (
-            irc.IrcSession(self.hub, member, conn) if is_irc else Session(self.hub, member, conn)
+            irc.IrcSession(self.hub, member, conn, self.auth)
+            if is_irc
+            else Session(self.hub, member, conn, self.auth)
         )
         logsetup.log.info("client_connected", addr=addr, port=port, clients=self.hub.count())
         # A bare thread: threading.Thread's start-up handshake doubles the cost of
@@ -433,6 +444,7 @@ class ChatServer:
             w.stop()
         if self.admin is not None:
             self.admin.stop()
+        self.auth.close()
         left = self.session_threads()
         stats = self.hub.stats()
         logsetup.lifecycle.info(
