@@ -199,7 +199,12 @@ class SqliteStore:
                 self._db.commit()
             finally:
                 os.umask(old)
-        except (OSError, sqlite3.Error) as exc:
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename and exc.filename != path else ""
+            raise StartupError(
+                f"cannot open the account store {path}: {exc.strerror or exc}{where}"
+            ) from None
+        except sqlite3.Error as exc:
             raise StartupError(f"cannot open the account store {path}: {exc}") from None
 
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:

@@ -80,10 +80,11 @@ StartServer = Callable[..., Server]
 def start(tmp_path: Path, short_tmp: Path) -> Iterator[StartServer]:
     procs: list[ServerProcess] = []
 
-    def run(mode: str = "registered", **auth: Any) -> Server:
-        sections = _sections(
-            {**TEST_DEFAULTS, "level": "info", "socket": str(short_tmp / "a.sock")}
-        )
+    def run(
+        mode: str = "registered", limits: Optional[dict[str, Any]] = None, **auth: Any
+    ) -> Server:
+        base = {**TEST_DEFAULTS, "level": "info", "socket": str(short_tmp / "a.sock")}
+        sections = _sections({**base, **(limits or {})})
         store = tmp_path / "state" / "accounts.db"
         sections["auth"] = {
             "mode": mode,
@@ -352,5 +353,48 @@ def test_plain_text_password_from_another_host_is_refused(tmp_path: Path, short_
             c.expect("please enter your name")
             c.send("alice")
             assert c.expect(PROMPT) == "! a password needs a TLS connection"
+    finally:
+        proc.kill()
+
+
+def test_the_login_timeout_covers_the_password_step(start: StartServer) -> None:
+    srv = start("required", limits={"login_timeout": 1})
+    with srv.client() as c:
+        c.expect("please enter your name")
+        c.send("alice")
+        assert c.expect(PROMPT) == "* password for alice:"
+        c.expect("! no name given in time; closing", timeout=5)  # the reaper's tick
+        c.expect_eof()
+
+
+def test_stats_show_the_accounts_in_human_form(start: StartServer) -> None:
+    srv = start("required")
+    with srv.client() as c:
+        assert login(c, "who", "x") == "! wrong name or password"
+    done = srv.admin("stats")
+    assert done.returncode == 0
+    line = next(x for x in done.stdout.splitlines() if x.startswith("auth "))
+    assert "mode required" in line and "failures 1" in line
+
+
+def test_irc_cannot_take_a_name_that_needs_a_password(tmp_path: Path, short_tmp: Path) -> None:
+    sections = _sections({**TEST_DEFAULTS, "socket": str(short_tmp / "i.sock")})
+    sections["irc"] = {"enabled": True, "port": 0}
+    sections["auth"] = {"mode": "registered", "store": str(tmp_path / "acc.db")}
+    proc = ServerProcess(["--config", str(write_config(tmp_path / "i.toml", sections))])
+    try:
+        event = proc.wait_event("server_started", 10)
+        added = admin_cli(
+            short_tmp / "i.sock", "account", "add", "alice", "--password-stdin", stdin="pw\n"
+        )
+        assert added.returncode == 0, added.stderr
+        with RawClient(str(event["host"]), int(event["irc_port"])) as c:
+            c.send("NICK alice")
+            c.send("USER a 0 * :A")
+            assert " 464 " in c.expect(" 464 ")
+            c.send("NICK free")  # a free name registers
+            c.expect(" 001 free ")
+            c.send("NICK alice")  # and cannot become the protected one
+            assert "needs a password" in c.expect(" 432 ")
     finally:
         proc.kill()
