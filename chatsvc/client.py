@@ -1545,6 +1545,7 @@ class ReadlineConsole:
             self.saved_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def stop(self) -> None:
+        self.hidden.set(False)  # never leave the terminal without echo
         if self.installed:
             self._uninstall()
         for signum, handler in self.saved_handlers.items():
@@ -1765,6 +1766,8 @@ class PlainConsole:
         worker(read_input, sys.stdin.fileno(), self.inbox, self.slots, name="stdin").start()
 
     def stop(self) -> None:
+        if self.hidden is not None:
+            self.hidden.set(False)  # never leave the terminal without echo
         self.out.flush()
 
     def wait(self, timeout: Optional[float]) -> list[UserInput]:

@@ -12,6 +12,7 @@ import pexpect
 import pytest
 
 from tests.e2e.conftest import ServerHandle
+from tests.e2e.helpers import wait_until
 from tests.e2e.test_client import ROOT, client_env, run_client
 
 SECRET = "Quokka-Lantern-93"
@@ -102,3 +103,23 @@ def test_scripted_mode_password_file_or_the_line_after_the_name(
     assert wrong.stderr == "chatsvc-client: name rejected: wrong name or password\n"
     missing = run_client("--port", port, "--password-file", str(tmp_path / "none"), stdin="")
     assert missing.returncode == 2 and "cannot read the password file" in missing.stderr
+
+
+def test_ctrl_c_at_the_password_prompt_gives_the_terminal_back_with_echo(
+    accounts_server: ServerHandle,
+) -> None:
+    child, _ = spawn(accounts_server, "--name", "alice")
+    try:
+        child.expect_exact("Password for alice: ")
+        assert wait_echo(child, False)  # echo off while the password is typed
+        child.sendintr()
+        child.expect(pexpect.EOF)
+        assert wait_echo(child, True)  # and on again after Ctrl-C
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
+def wait_echo(child: pexpect.spawn, on: bool) -> bool:
+    """Whether the pty's ECHO flag becomes ``on`` (the client sets it just after a write)."""
+    return bool(wait_until(lambda: child.getecho() is on, timeout=5, what=f"echo {on}"))
