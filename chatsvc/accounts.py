@@ -462,10 +462,14 @@ class Authenticator:
 
     @property
     def store(self) -> AccountStore:
-        """The store, opened on first use; StartupError if it cannot be opened."""
+        """The store, opened on first use; StoreError if it cannot be opened (then the
+        next use tries again: the operator may have fixed the directory meanwhile)."""
         with self._store_lock:
             if self._store is None:
-                self._store = open_store(self.cfg(), self._environ)
+                try:
+                    self._store = open_store(self.cfg(), self._environ)
+                except StartupError as exc:
+                    raise StoreError(str(exc)) from None
             return self._store
 
     def close(self) -> None:

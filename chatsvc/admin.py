@@ -436,7 +436,7 @@ class AdminServer:
         assert auth is not None
         try:
             return action(auth)
-        except (StoreError, StartupError) as exc:
+        except StoreError as exc:
             raise RequestFailed(Code.FAILED, f"account store unavailable: {exc}") from None
 
     def admin_account(self, args: dict[str, Any]) -> Result:

@@ -21,7 +21,7 @@ import time
 from typing import Any, Optional, Union
 
 from chatsvc import config, events, irc, logsetup, systemd
-from chatsvc.accounts import Authenticator
+from chatsvc.accounts import Authenticator, StoreError
 from chatsvc.admin import AdminServer
 from chatsvc.config import Config
 from chatsvc.dialects import LINE, Dialect
@@ -129,8 +129,10 @@ class ChatServer:
         if cfg.auth.mode != "open":
             try:
                 _ = self.auth.store
-            except BaseException:
+            except BaseException as exc:
                 self.listener.close()
+                if isinstance(exc, StoreError):
+                    raise StartupError(str(exc)) from None
                 raise
         self.admin: Optional[AdminServer] = None
         if admin_path:

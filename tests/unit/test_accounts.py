@@ -262,6 +262,22 @@ def test_an_unreadable_store_refuses_and_says_so() -> None:
     assert len(kdf.calls) == 1
 
 
+def test_a_store_that_cannot_be_opened_refuses_logins_and_is_tried_again(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    cfg = config.from_mapping(
+        {"auth": {"mode": "registered", "store": str(blocker / "accounts.db")}}, "test"
+    )
+    auth = Authenticator(lambda: cfg, kdf=cheap_kdf)
+    with pytest.raises(accounts.StoreError, match="cannot open the account store"):
+        auth.needs_password("alice")
+    assert auth.verify("alice", b"pw", "127.0.0.1").reason == "store_error"
+    blocker.unlink()
+    blocker.mkdir()  # fixed by the operator: the next use opens it
+    assert not auth.needs_password("alice")
+    auth.close()
+
+
 # --- the SQLite store ---------------------------------------------------------------------
 
 
