@@ -8,6 +8,7 @@ sleeping.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -398,3 +399,57 @@ def test_irc_cannot_take_a_name_that_needs_a_password(tmp_path: Path, short_tmp:
             assert "needs a password" in c.expect(" 432 ")
     finally:
         proc.kill()
+
+
+def test_two_connections_racing_for_one_account_get_one_login(start: StartServer) -> None:
+    srv = start("registered")
+    srv.add("lena")
+    with srv.client() as one, srv.client() as two:
+        for c in (one, two):
+            c.expect("please enter your name")
+            c.send("lena")
+            assert c.expect(PROMPT) == "* password for lena:"  # nobody holds it yet
+        one.send(PASSWORD)
+        two.send(PASSWORD)
+        answers = sorted(c.expect(re.compile(r"^(\* hello |! )")) for c in (one, two))
+    assert answers == ["! name taken: lena", "* hello lena, you are in lobby"]
+
+
+def test_cli_asks_for_the_password_twice_without_echo_on_a_terminal(
+    start: StartServer,
+) -> None:
+    import pexpect
+
+    srv = start("registered")
+    secret = "Tapir-Orchard-58"
+    env = {k: v for k, v in os.environ.items() if k not in ("CHATSVC_CONFIG",)}
+    argv = ["-m", "chatsvc.admin_cli", "--socket", str(srv.sock), "account", "add", "mona"]
+    child = pexpect.spawn(sys.executable, argv, env=env, encoding="utf-8", timeout=20)
+    child.logfile_read = shown = io.StringIO()
+    try:
+        child.expect_exact("New password: ")
+        child.sendline(secret)
+        child.expect_exact("Repeat it: ")
+        child.sendline(secret)
+        child.expect_exact("added account mona")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0 and secret not in shown.getvalue()
+    mismatch = pexpect.spawn(
+        sys.executable, [*argv[:-1], "nina"], env=env, encoding="utf-8", timeout=20
+    )
+    try:
+        mismatch.expect_exact("New password: ")
+        mismatch.sendline("one")
+        mismatch.expect_exact("Repeat it: ")
+        mismatch.sendline("two")
+        mismatch.expect_exact("the passwords do not match; nothing was changed")
+        mismatch.expect(pexpect.EOF)
+    finally:
+        mismatch.close(force=True)
+    assert mismatch.exitstatus == 2
+    with srv.client() as c:
+        assert login(c, "mona", secret).startswith("* hello mona")
+    with srv.client() as c:
+        assert login(c, "nina", None).startswith("* hello nina")  # never created
