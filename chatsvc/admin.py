@@ -447,6 +447,13 @@ class AdminServer:
             assert auth is not None
             return {"mode": auth.mode, "accounts": self._accounts(lambda a: a.list())}, None
         name: str = args["name"]
+        longest = self.host.config().limits.name_max_length
+        if action == "add" and len(name) > longest:
+            raise RequestFailed(
+                Code.FAILED,
+                f"{name!r} is longer than users may log in with "
+                f"([limits] name_max_length = {longest})",
+            )
         if action == "add":
             if not self._accounts(lambda a: a.add(name, args["password"])):
                 raise RequestFailed(Code.FAILED, f"account {name} exists already")

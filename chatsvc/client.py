@@ -1400,6 +1400,9 @@ class InteractiveRunner(Runner):
         self.replay()  # a line typed early is the name
 
     def ask_password(self, name: str) -> None:
+        if self.held:  # typed (and shown) before the question: neither password nor chat
+            self.held = []
+            self.note("what you typed before the password prompt was not sent")
         self.prompt = PASSWORD_PROMPT.format(name)  # typed without echo (Console.secret)
 
     def name_refused(self, why: str) -> None:

@@ -217,6 +217,8 @@ def test_cli_errors(start: StartServer) -> None:
     assert no_tty.returncode == 2 and "--password-stdin" in no_tty.stderr
     empty = srv.admin("account", "add", "eve", "--password-stdin", stdin="\n")
     assert empty.returncode == 2 and "password" in empty.stderr
+    too_long = srv.admin("account", "add", "e" * 40, "--password-stdin", stdin="x\n")
+    assert too_long.returncode == 1 and "name_max_length = 32" in too_long.stderr
     bad_name = srv.admin("account", "add", "e v e", "--password-stdin", stdin="x\n")
     assert bad_name.returncode == 2 and "NAME" in bad_name.stderr
 

@@ -692,3 +692,20 @@ def test_a_password_file_is_sent_and_a_wrong_password_forgotten(
         assert runner.result == client.Outcome(
             ExitCode.REFUSED, "name rejected: wrong name or password"
         )
+
+
+def test_lines_typed_before_the_password_prompt_are_never_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(client, "Connection", FakeConnection)
+    args = client.build_parser().parse_args(["--name", "alice"])
+    runner = client.InteractiveRunner(args, client.Inbox(), FakeConsole(), False)
+    runner.reconnector = FakeReconnector()  # type: ignore[assignment]
+    runner.attach(socket_stand_in)
+    serve(runner, "* please enter your name")
+    runner.on_input("s3cret")  # typed too early, in plain view
+    serve(runner, "* password for alice:")
+    runner.on_input("s3cret")
+    serve(runner, "* hello alice, you are in lobby")
+    assert sent(runner).count(b"s3cret") == 1  # as the password, never as chat
+    assert any("not sent" in line for line in runner.display)
