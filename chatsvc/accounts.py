@@ -395,7 +395,9 @@ class Throttle:
                 failures = 0
             failures += 1
             over = failures - auth.free_failures
-            delay = min(auth.throttle_cap, auth.throttle_base * 2 ** (over - 1)) if over > 0 else 0
+            # (the exponent is bounded: a million failures must not overflow a float)
+            growth = 2.0 ** min(over - 1, 64)
+            delay = min(auth.throttle_cap, auth.throttle_base * growth) if over > 0 else 0
             self._keys[key] = (failures, now + delay, now)
             while len(self._keys) > self.entries:
                 self._keys.popitem(last=False)

@@ -227,6 +227,14 @@ def test_delays_grow_then_cap_and_are_forgotten() -> None:
     assert t.fail("k", 1300.0, cfg) == 0  # a fresh start
 
 
+def test_endless_failures_stay_at_the_cap() -> None:
+    cfg = config.AuthConfig(free_failures=0, throttle_base=0.0, throttle_cap=5.0)
+    t = Throttle()
+    assert all(t.fail("k", float(i), cfg) == 0 for i in range(3000))  # base 0: never blocks
+    capped = config.AuthConfig(free_failures=0, throttle_base=1.0, throttle_cap=5.0)
+    assert t.fail("k", 3000.0, capped) == 5.0
+
+
 def test_throttle_memory_is_bounded() -> None:
     cfg = config.AuthConfig(free_failures=0)
     t = Throttle(entries=100)
