@@ -63,6 +63,7 @@ RESTART_KEYS = frozenset(
         "server.plain",
         "tls.host",
         "tls.port",
+        "auth.store",
     }
 )
 TLS_VERSIONS = ("1.2", "1.3")
@@ -164,6 +165,19 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """Accounts (docs/accounts.md); ``open``: no passwords at all (the default)."""
+
+    mode: str = "open"  # open, registered, required
+    store: str = ""  # empty: $STATE_DIRECTORY/accounts.db or the documented default
+    allow_plaintext: bool = False  # passwords over plain TCP from other hosts
+    free_failures: int = 3  # failed logins per address / account before delays start
+    throttle_base: float = 1.0  # the first delay; each further failure doubles it
+    throttle_cap: float = 300.0  # the longest delay
+    throttle_forget: float = 900.0  # a key that stops failing is forgotten after this
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
@@ -173,6 +187,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     irc: IrcConfig = field(default_factory=IrcConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     source: Optional[str] = None  # the file it came from; None for built-in defaults
 
 
@@ -232,6 +247,12 @@ def _host(v: Any, bad: Bad) -> str:
 def _str(v: Any, bad: Bad) -> str:
     if not isinstance(v, str):
         raise bad("a string")
+    return v
+
+
+def _path(v: Any, bad: Bad) -> str:
+    if not isinstance(v, str) or "\0" in v or (v and not v.strip()):
+        raise bad('a file path (relative to the config file\'s directory), or "" for the default')
     return v
 
 
@@ -299,7 +320,7 @@ def _optional_host(v: Any, bad: Bad) -> str:
         raise bad('an IP address or host name, or "" for the [server] host') from None
 
 
-def _path(v: Any, bad: Bad) -> str:
+def _pem_path(v: Any, bad: Bad) -> str:
     if not isinstance(v, str) or "\0" in v or (v and not os.path.isabs(v)):
         raise bad('an absolute path to a PEM file, or "" for none')
     return v
@@ -425,11 +446,23 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Validator]]] = {
         {
             "host": _optional_host,
             "port": _int(-1, 65535),
-            "cert": _path,
-            "key": _path,
-            "client_ca": _path,
+            "cert": _pem_path,
+            "key": _pem_path,
+            "client_ca": _pem_path,
             "handshake_timeout": _number(0.5, 600),
             "min_version": _tls_version,
+        },
+    ),
+    "auth": (
+        AuthConfig,
+        {
+            "mode": _choice("open", "registered", "required"),
+            "store": _path,
+            "allow_plaintext": _bool,
+            "free_failures": _int(0, 1000),
+            "throttle_base": _number(0, 3600),
+            "throttle_cap": _number(0, 86400),
+            "throttle_forget": _number(1, 30 * 86400),
         },
     ),
 }
@@ -512,6 +545,13 @@ def from_mapping(data: Mapping[str, Any], source: str | None = None) -> Config:
         )
     _check_irc(cfg, where)
     _check_tls(cfg, where)
+    if cfg.auth.throttle_cap < cfg.auth.throttle_base:
+        raise ConfigError(
+            where,
+            "auth.throttle_cap",
+            f"at least auth.throttle_base ({cfg.auth.throttle_base:g} s)",
+            f"{cfg.auth.throttle_cap:g}",
+        )
     return cfg
 
 

@@ -69,9 +69,9 @@ class Member:
     """One connection as the hub sees it.  Fields by owner:
 
     * fixed at creation, read by anyone: ``addr``, ``port``, ``connected_at``,
-      ``connected_mono``, ``link`` (the writer's per-connection state; only the
-      writer thread looks inside it), ``secure`` (came through a TLS listener);
-      ``dialect`` too, except that an IRC session may switch it through
+      ``connected_mono``, ``secure`` (came through a TLS listener), ``link``
+      (the writer's per-connection state; only the writer thread looks inside
+      it); ``dialect`` too, except that an IRC session may switch it through
       ``Hub.set_dialect`` (under the lock);
     * written by the member's reader thread only, read without the lock by
       the reaper and the views (single attribute stores): ``last_active``,
@@ -996,6 +996,12 @@ class Hub:
         """Logged-in names, casefolded (the e2e tests check the name map with it)."""
         with self.lock:
             return list(self.by_name)
+
+    def holds_name(self, name: str) -> bool:
+        """Someone is logged in as ``name``, here or (as far as we know) on another node."""
+        key = name.casefold()
+        with self.lock:
+            return key in self.by_name or key in self.remote_nodes
 
     def room_members(self) -> dict[str, list[str]]:
         """Every room's members, other nodes' too (cluster mode)."""

@@ -23,6 +23,7 @@ import time
 from typing import Any, Optional, Union
 
 from chatsvc import config, events, irc, logsetup, systemd, tls
+from chatsvc.accounts import Authenticator, StoreError
 from chatsvc.admin import AdminServer
 from chatsvc.config import Config
 from chatsvc.dialects import LINE, Dialect
@@ -152,6 +153,16 @@ class ChatServer:
                 self._join_cluster(cfg)
             except BaseException:
                 self._close_listeners()
+                raise
+        # Accounts (docs/accounts.md): the store opens at start unless the mode is "open".
+        self.auth = Authenticator(lambda: self.hub.cfg)
+        if cfg.auth.mode != "open":
+            try:
+                _ = self.auth.store
+            except BaseException as exc:
+                self._close_listeners()
+                if isinstance(exc, StoreError):
+                    raise StartupError(str(exc)) from None
                 raise
         self.admin: Optional[AdminServer] = None
         if admin_path:
@@ -438,9 +449,9 @@ class ChatServer:
             channel.nudge = functools.partial(self.hub.poke, member)
             receive = channel.recv
         session: Union[Session, irc.IrcSession] = (
-            irc.IrcSession(self.hub, member, conn, receive)
+            irc.IrcSession(self.hub, member, conn, self.auth, receive)
             if is_irc
-            else Session(self.hub, member, conn, receive)
+            else Session(self.hub, member, conn, self.auth, receive)
         )
         logsetup.log.info(
             "client_connected", addr=addr, port=port, clients=self.hub.count(), tls=is_tls
@@ -537,6 +548,7 @@ class ChatServer:
             w.stop()
         if self.admin is not None:
             self.admin.stop()
+        self.auth.close()
         left = self.session_threads()
         stats = self.hub.stats()
         logsetup.lifecycle.info(
