@@ -102,6 +102,7 @@ def tls_server(tmp_path: Path, short_tmp: Path, pki: Pki) -> Iterator[StartTls]:
         tls: Optional[dict[str, Any]] = None,
         irc: Optional[dict[str, Any]] = None,
         server: Optional[dict[str, Any]] = None,
+        auth: Optional[dict[str, Any]] = None,
         **flat: Any,
     ) -> TlsServer:
         settings = {**TEST_DEFAULTS, "level": "info", "socket": str(short_tmp / "admin.sock")}
@@ -114,6 +115,8 @@ def tls_server(tmp_path: Path, short_tmp: Path, pki: Pki) -> Iterator[StartTls]:
         }
         if irc:
             sections["irc"] = irc
+        if auth:
+            sections["auth"] = auth
         if server:
             sections["server"].update(server)
         path = write_config(tmp_path / "chatsvc.toml", sections)
@@ -208,6 +211,47 @@ def test_openssl_s_client_is_a_client_like_any_other(tls_server: StartTls, pki: 
         assert b"* hello carol, you are in lobby" in out, err
         assert b"bob: hi carol" in out
         assert b"* bye" in out or b"goodbye" in out.lower(), out
+
+
+def outside_address() -> Optional[str]:
+    """This host's own non-loopback IPv4 address, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks a route
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+def test_passwords_from_other_hosts_need_tls(
+    tls_server: StartTls, pki: Pki, tmp_path: Path
+) -> None:
+    """Accounts: a connection from another address may send a password only over
+    TLS (Member.secure); the same login over plain TCP is refused before the prompt."""
+    here = outside_address()
+    if here is None:
+        pytest.skip("no non-loopback IPv4 address on this host")
+    srv = tls_server(
+        host="0.0.0.0", auth={"mode": "registered", "store": str(tmp_path / "accounts.db")}
+    )
+    admin_sock = srv.config.read_text().split('socket = "')[1].split('"')[0]
+    added = subprocess.run(
+        [sys.executable, "-m", "chatsvc.admin_cli", "--socket", admin_sock, "account", "add",
+         "alice", "--password-stdin"],
+        input="s3cret-passw0rd\n", capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    with RawClient(here, srv.port) as plain:
+        plain.expect("please enter your name")
+        plain.send("alice")
+        assert plain.expect("!") == "! a password needs a TLS connection"
+    with TlsClient(here, srv.tls_port) as secure:
+        secure.expect("please enter your name")
+        secure.send("alice")
+        secure.expect("* password for alice:")
+        secure.send("s3cret-passw0rd")
+        assert secure.expect(re.compile(r"^(\* hello |! )")) == "* hello alice, you are in lobby"
 
 
 def test_plain_listener_off_serves_tls_only(tls_server: StartTls, pki: Pki) -> None:
