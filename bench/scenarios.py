@@ -153,7 +153,13 @@ def rig(
         watch = ProcWatch(endpoint.pid)
         ack_room = LOBBY if closed_loop and endpoint.dialect == "irc" else None
         plans = distribute(
-            clients, ctx.workers, endpoint.host, endpoint.port, endpoint.dialect, ack_room
+            clients,
+            ctx.workers,
+            endpoint.host,
+            endpoint.port,
+            endpoint.dialect,
+            ack_room,
+            tls=endpoint.tls,
         )
         holder: list[Rig] = []
         fleet = Fleet(plans, tick=lambda: holder[0].tick() if holder else None)

@@ -1,6 +1,9 @@
 """The servers under test, each started fresh for one run and stopped after it.
 
 - ``chatsvc``: ``python -m chatsvc --config <tmp>/bench.toml --port 0``.
+- ``chatsvc-tls``: the same over TLS only (``[server] plain = false``), with a
+  self-signed certificate made by the ``openssl`` command; the load connects
+  with TLS and does not verify it.
 - ``seed``: ``python -m bench.seed_server --port 0``, the naive baseline.
 - ``ngircd``: ngIRCd in the foreground with a generated config, spoken to in IRC.
 
@@ -125,11 +128,13 @@ class Endpoint:
     port: int
     pid: int
     dialect: str
+    tls: bool = False
 
 
 class Target:
     name = ""
     dialect = "chat"
+    tls = False
 
     def unavailable(self) -> Optional[str]:
         """Why this target cannot run here, or None."""
@@ -159,7 +164,7 @@ class Target:
             )
         try:
             found = _wait_listening(proc, log_path, port)
-            yield Endpoint(self.name, HOST, found, proc.pid, self.dialect)
+            yield Endpoint(self.name, HOST, found, proc.pid, self.dialect, self.tls)
         finally:
             stop(proc)
 
@@ -190,6 +195,44 @@ class ChatsvcTarget(Target):
         config.write_text(text, encoding="utf-8")
         argv = [sys.executable, "-m", self.module, "--config", str(config), "--port", "0"]
         return argv, None
+
+
+CHATSVC_TLS_CONFIG = """
+# Over TLS only: the line protocol on the TLS listener (the port in server_started).
+[tls]
+port = 0
+cert = {cert}
+key = {key}
+"""
+
+
+class ChatsvcTlsTarget(ChatsvcTarget):
+    """chatsvc with only its TLS listener; what TLS costs, next to ``chatsvc``."""
+
+    name = "chatsvc-tls"
+    tls = True
+
+    def unavailable(self) -> Optional[str]:
+        if shutil.which("openssl") is None:
+            return "the openssl command is not installed (it makes the certificate)"
+        return super().unavailable()
+
+    def command(self, workdir: Path) -> tuple[list[str], Optional[int]]:
+        argv, port = super().command(workdir)
+        cert, key = workdir / "cert.pem", workdir / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", str(key),
+             "-out", str(cert)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        config = workdir / "bench.toml"
+        text = config.read_text(encoding="utf-8").replace(
+            "listen_backlog = 4096", "listen_backlog = 4096\nplain = false"
+        )
+        text += CHATSVC_TLS_CONFIG.format(cert=json.dumps(str(cert)), key=json.dumps(str(key)))
+        config.write_text(text, encoding="utf-8")
+        return argv, port
 
 
 class SeedTarget(Target):
@@ -241,11 +284,13 @@ def make_target(
 ) -> Target:
     if name == "chatsvc":
         return ChatsvcTarget(chatsvc_module, log_level)
+    if name == "chatsvc-tls":
+        return ChatsvcTlsTarget(chatsvc_module, log_level)
     if name == "seed":
         return SeedTarget()
     if name == "ngircd":
         return NgircdTarget()
-    raise ValueError(f"unknown target {name!r} (chatsvc, seed, ngircd)")
+    raise ValueError(f"unknown target {name!r} (chatsvc, chatsvc-tls, seed, ngircd)")
 
 
 def free_port() -> int:

@@ -433,6 +433,10 @@ def format_reload(result: Mapping[str, Any]) -> str:
     if restart:
         lines.append("restart required (not applied):")
         lines += [f"  {k}: {_plain(old)} -> {_plain(new)}" for k, old, new in restart]
+    if result.get("tls_certificate"):
+        lines.append(
+            f"TLS certificate {'read' if check else 'loaded'}: {result['tls_certificate']}"
+        )
     return "\n".join(lines)
 
 

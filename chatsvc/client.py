@@ -14,6 +14,14 @@ scripted mode (and the plain terminal fallback) a stdin thread does the same for
 input lines; while reconnecting, a connector thread makes the attempts.  They
 only post to the main thread's :class:`Inbox`.  The main thread alone owns the
 session state, the terminal and every write to the socket.
+
+TLS (``--tls``, ``--cafile``, ``--fingerprint``) keeps that shape: the socket
+stays a plain socket and :class:`ClientTls` runs TLS in memory
+(``ssl.MemoryBIO``), because an ``ssl.SSLSocket`` read by the reader thread
+while the main thread writes to it would call ``SSL_read`` and ``SSL_write``
+on one SSL object at once, which OpenSSL forbids.  A small lock guards the SSL
+object; ciphertext is sent by the main thread only, in the order it was made
+(the reader asks for a flush with a :class:`TlsOutput` event).
 """
 
 from __future__ import annotations
@@ -21,12 +29,14 @@ from __future__ import annotations
 import abc
 import argparse
 import enum
+import hashlib
 import io
 import os
 import re
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -38,6 +48,7 @@ from typing import Any, BinaryIO, Callable, Optional, Protocol, TextIO, Union
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6321
+DEFAULT_TLS_PORT = 6322
 PROG = "chatsvc-client"
 
 CONNECT_TIMEOUT = 10.0
@@ -78,7 +89,7 @@ exit status:
   0    left normally: bye, /quit, Ctrl-D, Ctrl-C, or the end of piped input
   1    connection lost (also: disconnected for idling or flooding)
   2    usage error
-  3    cannot connect (refused, unreachable, server full)
+  3    cannot connect (refused, unreachable, server full, TLS verification failed)
   4    kicked by an operator
   5    the server shut down
   6    refused: name rejected, or --room could not be joined (scripted mode)
@@ -608,6 +619,14 @@ class ServerClosed:
 @dataclass(frozen=True)
 class Reconnected:
     sock: socket.socket
+    tls: Optional[ClientTls] = None
+
+
+@dataclass(frozen=True)
+class TlsOutput:
+    """The reader made ciphertext (a TLS reply): the main thread sends it."""
+
+    gen: int
 
 
 @dataclass(frozen=True)
@@ -627,7 +646,9 @@ class InputEnd:
     pass
 
 
-Event = Union[ServerLine, ServerClosed, Reconnected, ReconnectFailed, InputLine, InputEnd]
+Event = Union[
+    ServerLine, ServerClosed, Reconnected, ReconnectFailed, InputLine, InputEnd, TlsOutput
+]
 
 
 class Inbox:
@@ -684,11 +705,197 @@ class Inbox:
         return items
 
 
-def connect(host: str, port: int) -> socket.socket:
+# --- TLS -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """How to check the server: CAs (system, or ``cafile``) and the host name, or a pin."""
+
+    server_name: str
+    cafile: Optional[str] = None
+    pin: Optional[bytes] = None  # SHA-256 of the certificate (DER): replaces CA and name checks
+
+
+class TlsFailed(OSError):
+    """No TLS session: the handshake failed, or the server's certificate was not
+    accepted.  The message is the whole line for the user (why, and what to do)."""
+
+
+def parse_fingerprint(text: str) -> Optional[bytes]:
+    """The 32 bytes of ``SHA256:HEX`` (colons optional, any case); None if malformed."""
+    body = text.strip()
+    if body[:7].upper() == "SHA256:":
+        body = body[7:]
+    body = body.replace(":", "")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", body):
+        return None
+    return bytes.fromhex(body)
+
+
+def format_fingerprint(digest: bytes) -> str:
+    text = digest.hex().upper()
+    return "SHA256:" + ":".join(text[i : i + 2] for i in range(0, len(text), 2))
+
+
+def tls_context(settings: TlsSettings) -> ssl.SSLContext:
+    """OSError or ssl.SSLError if ``cafile`` cannot be used."""
+    if settings.pin is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the pin is checked after the handshake
+    else:
+        ctx = ssl.create_default_context(cafile=settings.cafile)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class ClientTls:
+    """One connection's TLS state in memory.  ``lock`` guards the SSL object and BIOs.
+
+    The handshake runs before any thread shares the connection.  Then the
+    reader thread calls ``recv`` and the main thread ``encrypt``/``take_out``/
+    ``close_notify``; only the main thread takes ciphertext out of the outgoing
+    BIO, so records reach the socket in order.
+    """
+
+    def __init__(self, ctx: ssl.SSLContext, server_name: str) -> None:
+        self.lock = threading.Lock()
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = ctx.wrap_bio(self._in, self._out, server_hostname=server_name)
+
+    def handshake(self, sock: socket.socket) -> None:
+        """Blocking, bounded by the socket's timeout; ssl.SSLError or OSError if it fails."""
+        while True:
+            try:
+                self._obj.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            except ssl.SSLError:
+                out = self._out.read()
+                if out:  # our alert: tell the server why, best effort
+                    try:
+                        sock.sendall(out)
+                    except OSError:
+                        pass
+                raise
+            out = self._out.read()
+            if out:
+                sock.sendall(out)
+            if done:
+                return
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("the server closed the connection during the handshake")
+            self._in.write(data)
+
+    def peer_certificate(self) -> bytes:
+        return self._obj.getpeercert(binary_form=True) or b""
+
+    def recv(self, sock: socket.socket, on_output: Callable[[], None]) -> bytes:
+        """Plaintext (blocking); b"" at the end; OSError on a TLS error.  Reader thread."""
+        while True:
+            data: Optional[bytes] = None
+            failure: Optional[ssl.SSLError] = None
+            with self.lock:
+                try:
+                    data = self._obj.read(65536)
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLZeroReturnError:
+                    data = b""
+                except ssl.SSLError as exc:
+                    failure = exc
+                pending = self._out.pending
+            if pending:
+                on_output()
+            if failure is not None:
+                raise failure
+            if data is not None:
+                return data
+            raw = sock.recv(65536)
+            if not raw:
+                return b""
+            with self.lock:
+                self._in.write(raw)
+
+    def encrypt(self, data: bytes) -> bytes:
+        with self.lock:
+            self._obj.write(data)
+            return self._out.read()
+
+    def take_out(self) -> bytes:
+        with self.lock:
+            return self._out.read()
+
+    def close_notify(self) -> bytes:
+        with self.lock:
+            try:
+                self._obj.unwrap()
+            except (ssl.SSLError, ValueError):
+                pass
+            return self._out.read()
+
+
+def _server_fingerprint(host: str, port: int, server_name: str) -> Optional[str]:
+    """The certificate a server presents, unverified: to show it after a failed check."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT) as sock:
+            layer = ClientTls(ctx, server_name)
+            layer.handshake(sock)
+            der = layer.peer_certificate()
+    except OSError:
+        return None
+    return format_fingerprint(hashlib.sha256(der).digest()) if der else None
+
+
+def _tls_start(sock: socket.socket, host: str, port: int, settings: TlsSettings) -> ClientTls:
+    layer = ClientTls(tls_context(settings), settings.server_name)
+    where = f"{host}:{port}"
+    try:
+        layer.handshake(sock)
+    except ssl.SSLCertVerificationError as exc:
+        reason = exc.verify_message or exc.reason or str(exc)
+        fp = _server_fingerprint(host, port, settings.server_name)
+        hint = (
+            f"; the server's certificate is {fp}: if you trust it, connect with --fingerprint {fp}"
+            if fp
+            else ""
+        )
+        raise TlsFailed(f"TLS verification of {where} failed: {reason}{hint}") from None
+    except ssl.SSLError as exc:
+        reason = str(exc.reason or exc).replace("_", " ").lower()
+        raise TlsFailed(
+            f"TLS handshake with {where} failed ({reason}): is {where} a chatsvc TLS port?"
+        ) from None
+    if settings.pin is not None:
+        got = hashlib.sha256(layer.peer_certificate()).digest()
+        if got != settings.pin:
+            raise TlsFailed(
+                f"TLS verification of {where} failed: the server's certificate is "
+                f"{format_fingerprint(got)}, not the pinned {format_fingerprint(settings.pin)}"
+            )
+    return layer
+
+
+def connect(
+    host: str, port: int, tls: Optional[TlsSettings] = None
+) -> tuple[socket.socket, Optional[ClientTls]]:
+    """A connected socket, and its TLS layer once the server is verified (with ``tls``)."""
     sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        layer = _tls_start(sock, host, port, tls) if tls is not None else None
+    except BaseException:
+        sock.close()
+        raise
     sock.settimeout(None)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    return sock, layer
 
 
 # The signals the client acts on (see ReadlineConsole.start).
@@ -726,8 +933,11 @@ def describe(exc: OSError) -> str:
 class Connection:
     """One TCP connection: a reader thread posting lines, sends from the main thread."""
 
-    def __init__(self, sock: socket.socket, inbox: Inbox, gen: int) -> None:
+    def __init__(
+        self, sock: socket.socket, inbox: Inbox, gen: int, tls: Optional[ClientTls] = None
+    ) -> None:
         self.sock = sock
+        self.tls = tls
         self.inbox = inbox
         self.gen = gen
         self._reader = worker(self._read, name=f"reader-{gen}")
@@ -736,24 +946,51 @@ class Connection:
         self._reader.start()
 
     def send(self, line: bytes) -> None:
+        data = line + b"\n"
         try:
-            self.sock.sendall(line + b"\n")
-        except OSError:
+            if self.tls is not None:
+                data = self.tls.encrypt(data)
+            self.sock.sendall(data)
+        except (OSError, ValueError):
             pass  # the reader sees the connection end and reports it
 
+    def flush(self) -> None:
+        """Send what the TLS layer made while reading (main thread)."""
+        if self.tls is None:
+            return
+        try:
+            out = self.tls.take_out()
+            if out:
+                self.sock.sendall(out)
+        except OSError:
+            pass
+
     def close(self) -> None:
+        try:
+            if self.tls is not None:
+                self.sock.sendall(self.tls.close_notify())
+        except OSError:
+            pass
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self.sock.close()
 
+    def _output(self) -> None:
+        self.inbox.post(TlsOutput(self.gen))
+
+    def _receive(self) -> bytes:
+        if self.tls is None:
+            return self.sock.recv(65536)
+        return self.tls.recv(self.sock, self._output)
+
     def _read(self) -> None:
         error: Optional[str] = None
         lines = Lines(MAX_SERVER_LINE)
         try:
             while True:
-                data = self.sock.recv(65536)
+                data = self._receive()
                 for line in lines.feed(data) if data else lines.end():
                     self.inbox.post(ServerLine(self.gen, line))
                 if not data:
@@ -766,8 +1003,11 @@ class Connection:
 class Reconnector:
     """Connects again in the background, with backoff; posts the result."""
 
-    def __init__(self, host: str, port: int, inbox: Inbox) -> None:
+    def __init__(
+        self, host: str, port: int, inbox: Inbox, tls: Optional[TlsSettings] = None
+    ) -> None:
         self.host, self.port, self.inbox = host, port, inbox
+        self.tls = tls
         self.attempts = 0
         self._stop = threading.Event()
 
@@ -781,7 +1021,7 @@ class Reconnector:
         while not self._stop.wait(reconnect_delay(self.attempts)):
             self.attempts += 1
             try:
-                sock = connect(self.host, self.port)
+                sock, layer = connect(self.host, self.port, self.tls)
             except OSError as exc:
                 more = self.attempts < RECONNECT_ATTEMPTS
                 delay = reconnect_delay(self.attempts) if more else None
@@ -789,7 +1029,7 @@ class Reconnector:
                 if not more:
                     return
                 continue
-            self.inbox.post(Reconnected(sock))
+            self.inbox.post(Reconnected(sock, layer))
             return
 
 
@@ -861,11 +1101,15 @@ class Runner(abc.ABC):
         # only, so a reconnect logs in again without asking.
         self.password: Optional[bytes] = getattr(args, "password", None)
         self.password_sent = False  # the last thing we sent at login was the password
-        self.reconnector = Reconnector(args.host, args.port, inbox)
+        self.tls: Optional[TlsSettings] = getattr(args, "tls_settings", None)
+        self.reconnector = Reconnector(args.host, args.port, inbox, self.tls)
 
     def open(self) -> bool:
         try:
-            sock = connect(self.args.host, self.args.port)
+            sock, layer = connect(self.args.host, self.args.port, self.tls)
+        except TlsFailed as exc:
+            self.finish(Outcome(ExitCode.CANNOT_CONNECT, str(exc)))
+            return False
         except OSError as exc:
             self.finish(
                 Outcome(
@@ -875,12 +1119,16 @@ class Runner(abc.ABC):
                 )
             )
             return False
-        self.attach(sock)
+        self.attach(sock, layer)
         return True
 
-    def attach(self, sock: socket.socket) -> None:
+    def attach(self, sock: socket.socket, tls: Optional[ClientTls] = None) -> None:
         self.gen += 1
-        self.conn = Connection(sock, self.inbox, self.gen)
+        self.conn = (
+            Connection(sock, self.inbox, self.gen, tls)
+            if tls is not None
+            else Connection(sock, self.inbox, self.gen)
+        )
         self.state.new_connection()
         self.enter(Phase.GREETING)
         self.conn.start()
@@ -913,14 +1161,17 @@ class Runner(abc.ABC):
     # --- the one dispatch: events, and what a server line makes us do ---------------
 
     def handle(self, ev: Event) -> None:
-        if isinstance(ev, (ServerLine, ServerClosed)) and ev.gen != self.gen:
+        if isinstance(ev, (ServerLine, ServerClosed, TlsOutput)) and ev.gen != self.gen:
             return  # from a connection we already gave up
-        if isinstance(ev, ServerLine):
+        if isinstance(ev, TlsOutput):
+            if self.conn is not None:
+                self.conn.flush()
+        elif isinstance(ev, ServerLine):
             self.on_server_line(ev.raw)
         elif isinstance(ev, ServerClosed):
             self.on_closed(ev.error)
         elif isinstance(ev, Reconnected):
-            self.attach(ev.sock)
+            self.attach(ev.sock, ev.tls)
             self.on_reconnected()
         elif isinstance(ev, ReconnectFailed):
             self.on_reconnect_failed(ev)
@@ -1827,7 +2078,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="server address (%(default)s)")
     parser.add_argument(
-        "--port", type=port_number, default=DEFAULT_PORT, help="server port (%(default)s)"
+        "--port",
+        type=port_number,
+        default=None,
+        help=f"server port ({DEFAULT_PORT}; {DEFAULT_TLS_PORT} with TLS)",
     )
     parser.add_argument(
         "--name", help="log in with this name (default: ask, or the first input line)"
@@ -1845,12 +2099,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="when the connection is lost or the server restarts, reconnect with backoff "
         "and rejoin the room",
     )
+    tls = parser.add_argument_group("TLS (docs/tls.md)")
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS; verify the server against the system's CAs and --host",
+    )
+    tls.add_argument(
+        "--cafile",
+        metavar="PATH",
+        help="verify against the CA certificates in PATH (implies --tls)",
+    )
+    tls.add_argument(
+        "--fingerprint",
+        metavar="SHA256:HEX",
+        help="accept only the server certificate with this SHA-256 fingerprint (colons "
+        "optional), instead of CA and host name checks: for self-signed servers (implies --tls)",
+    )
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def tls_settings(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> Optional[TlsSettings]:
+    """The TLS settings the options ask for (None: plain); usage errors exit 2."""
+    if not (args.tls or args.cafile or args.fingerprint):
+        return None
+    pin = None
+    if args.fingerprint:
+        pin = parse_fingerprint(args.fingerprint)
+        if pin is None:
+            parser.error(
+                f"--fingerprint: expected SHA256: and 64 hex digits, got {args.fingerprint!r}"
+            )
+        if args.cafile:
+            parser.error("--fingerprint and --cafile exclude each other (a pin replaces CAs)")
+    settings = TlsSettings(server_name=args.host, cafile=args.cafile, pin=pin)
     try:
-        args = build_parser().parse_args(argv)
+        tls_context(settings)
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        parser.error(f"--cafile {args.cafile}: cannot use it: {why}")
+    return settings
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.tls_settings = tls_settings(parser, args)
+        if args.port is None:
+            args.port = DEFAULT_TLS_PORT if args.tls_settings else DEFAULT_PORT
     except SystemExit as exc:  # --help, or a usage error already reported
         return exc.code if isinstance(exc.code, int) else int(ExitCode.USAGE)
     args.password = None

@@ -2,7 +2,8 @@
 
 Who calls in
   * each session's reader thread: ``add``/``login``/``say``/``join``/``private``/
-    ``tell``/``room_list``/``who``/``close``/``remove``;
+    ``tell``/``room_list``/``who``/``close``/``remove``; over TLS also ``poke``
+    (the writer has ciphertext of its own to send);
   * the accept loop (main thread): ``add``, ``reap``, ``apply`` (reload),
     ``begin_shutdown``, ``force_close_all``, ``announce``;
   * the writer threads: ``collect`` (take their mailbox) and ``sent``;
@@ -18,7 +19,9 @@ Lock discipline
   never around socket I/O or logging: methods return what to log, and wake the
   writers (a pipe write) after releasing it.  Because every line for a room is
   appended while the lock is held, all members of a room see the room's lines
-  in the same order.
+  in the same order.  The only other lock on a client's path is a TLS
+  connection's ``TlsChannel.lock`` (tls.py), a leaf: never held while calling
+  in here.
 
 Events
   The hub fans out typed events (``chatsvc.events``); each member's dialect
@@ -671,6 +674,20 @@ class Hub:
         with self.lock:
             m.dialect = dialect
 
+    def poke(self, m: Member) -> None:
+        """Schedule ``m``'s writer with nothing new to send.
+
+        A TLS reader calls it when reading produced ciphertext (an alert, a
+        key-update reply) that the writer must send; the reader holds no other
+        lock when it does.
+        """
+        with self.lock:
+            if not m.scheduled:
+                m.scheduled = True
+                m.mailbox.to_send.append(m)
+            owed = self._owed()
+        _wake(owed)
+
     def tell(self, m: Member, *evs: Event) -> None:
         """Events for one member only: replies to its commands, errors."""
         with self.lock:
@@ -950,6 +967,8 @@ class Hub:
                 if out:
                     sends.append((m, b"".join(out) if len(out) > 1 else out[0]))
                     m.outbox = []
+                else:  # poked: its writer has bytes of its own (TLS) to send
+                    sends.append((m, b""))
             closes = [(m, m.close_flush) for m in box.to_close]
             retires = [(m, m.close_flush) for m in box.to_retire]
             box.to_send, box.to_close, box.to_retire = [], [], []
@@ -1064,6 +1083,7 @@ def _user_view(m: Member, now: float, node: str = "") -> dict[str, Any]:
         "queued_bytes": m.queued,
         "messages": m.msgs_sent,
         "throttled": m.throttled,
+        "tls": m.secure,
     }
     if node:
         view["node"] = node

@@ -41,7 +41,15 @@ from chatsvc.dialects import REFUSAL_TEXT, error_text, shutdown_text
 from chatsvc.events import Event
 from chatsvc.hub import Hub, Member
 from chatsvc.protocol import OVERLONG, Frame, LineSplitter
-from chatsvc.session import DROPPED, PAID, flood_bucket, is_text, pay, read_frames
+from chatsvc.session import (
+    DROPPED,
+    PAID,
+    Receive,
+    flood_bucket,
+    is_text,
+    pay,
+    read_frames,
+)
 
 MAX_BODY = 510  # bytes of a line without tags and CRLF (RFC 1459: 512 with CRLF)
 MAX_TAGS = 8191  # bytes of the tags part, '@' and the trailing space included (IRCv3)
@@ -445,18 +453,25 @@ class IrcSession:
         "nick",
         "quit",
         "realname",
+        "receive",
         "registered",
         "sock",
         "user",
     )
 
     def __init__(
-        self, hub: Hub, member: Member, sock: socket.socket, auth: Optional[Authenticator] = None
+        self,
+        hub: Hub,
+        member: Member,
+        sock: socket.socket,
+        auth: Optional[Authenticator] = None,
+        receive: Optional[Receive] = None,
     ) -> None:
         self.hub = hub
         self.member = member
         self.sock = sock
         self.auth = auth  # accounts: IRC has no PASS yet, so names with one are refused
+        self.receive = receive  # TLS: the channel's plaintext; None: the socket's bytes
         self.bucket = flood_bucket(hub)
         self.caps: frozenset[str] = frozenset()
         self.cap_pending = False  # CAP LS/REQ seen, CAP END not yet: registration waits
@@ -523,7 +538,7 @@ class IrcSession:
     def _messages(self) -> Iterator[Message]:
         """Parsed messages until EOF, each line paid for from the flood bucket."""
         splitter = LineSplitter(MAX_TAGS + MAX_BODY)
-        for frame in read_frames(self.sock, self.member, splitter):
+        for frame in read_frames(self.sock, self.member, splitter, receive=self.receive):
             paid = pay(
                 self.hub, self.member, self.bucket
             )  # every line pays, as in the line protocol

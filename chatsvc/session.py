@@ -40,14 +40,20 @@ BULK_RECV_SIZE = 16384
 class Session:
     """The reader side of one connection: reads, frames, parses, calls the hub."""
 
-    __slots__ = ("auth", "bucket", "hub", "member", "sock")
+    __slots__ = ("auth", "bucket", "hub", "member", "receive", "sock")
 
     def __init__(
-        self, hub: Hub, member: Member, sock: socket.socket, auth: Optional[Authenticator] = None
+        self,
+        hub: Hub,
+        member: Member,
+        sock: socket.socket,
+        auth: Optional[Authenticator] = None,
+        receive: Optional[Receive] = None,
     ) -> None:
         self.hub = hub
         self.member = member
         self.sock = sock
+        self.receive = receive  # TLS: the channel's plaintext; None: the socket's bytes
         self.bucket = flood_bucket(hub)
         self.auth = auth  # None: no accounts at all (as mode "open")
 
@@ -89,7 +95,7 @@ class Session:
         """
         m = self.member
         splitter = protocol.LineSplitter(self._line_limit())
-        for frame in read_frames(self.sock, m, splitter, self._line_limit):
+        for frame in read_frames(self.sock, m, splitter, self._line_limit, self.receive):
             # Names need no token: MAX_NAME_TRIES caps them.  Blank lines
             # before the name and every line after it do.
             if m.name is None and is_text(frame):
@@ -266,27 +272,35 @@ PAID, DROPPED, CUT = "paid", "dropped", "cut"
 _GONE = object()  # the connection ended during the password step
 
 
+Receive = Callable[[], bytes]  # blocking; b"" at EOF, OSError on a reset
+
+
 def read_frames(
     sock: socket.socket,
     m: Member,
     splitter: protocol.LineSplitter,
     limit: Optional[Callable[[], int]] = None,
+    receive: Optional[Receive] = None,
 ) -> Iterator[Frame]:
-    """Frames from ``sock`` until EOF; the rest is discarded once ``m`` is closing.
+    """Frames from ``sock`` (or from ``receive``: a TLS channel's plaintext) until
+    EOF; the rest is discarded once ``m`` is closing.
 
     Every frame counts as activity for the idle timeout.  ``limit``, if given,
     is read before each batch, so a reloaded line limit applies at once.
     """
     recv = sock.recv
     while True:
-        data = recv(RECV_SIZE)
+        if receive is not None:
+            data = receive()
+        else:
+            data = recv(RECV_SIZE)
+            if len(data) == RECV_SIZE:
+                try:
+                    data += recv(BULK_RECV_SIZE, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    pass
         if not data:
             return
-        if len(data) == RECV_SIZE:
-            try:
-                data += recv(BULK_RECV_SIZE, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                pass
         if limit is not None:
             splitter.limit = limit()
         for frame in splitter.feed(data):

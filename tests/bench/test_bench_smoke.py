@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,27 @@ def test_quick_fanout_against_seed_delivers_every_message() -> None:
     assert figures["lost"] == 0
     assert figures["p99_ms"] is not None
     assert "| fanout" in proc.stderr  # the comparison table
+
+
+@pytest.mark.timeout(120)
+def test_quick_idle_over_tls_logs_every_client_in() -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed (chatsvc-tls needs it)")
+    argv = [sys.executable, "-m", "bench", "--scenario", "idle", "--tls", "--targets", "chatsvc"]
+    proc = subprocess.run(
+        [*argv, "--quick", "--workers", "1", "--idle-clients", "50"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["scenario"], r["target"], r["status"]) for r in records] == [
+        ("idle", "chatsvc-tls", "ok")
+    ], proc.stderr[-3000:]
+    assert records[0]["figures"]["ok"] == 50
 
 
 @pytest.mark.timeout(60)
