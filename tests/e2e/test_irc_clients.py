@@ -4,8 +4,9 @@ The server is the ``chatsvc`` entry point in a subprocess with ``[irc] enabled``
 on port 0. WeeChat runs headless (``weechat-headless``) in a home directory of
 its own, driven through its FIFO pipe; its logger writes every buffer to a file
 at once (``logger.file.flush_delay 0``), and those lines are what the tests
-assert. The console client (``chatsvc-client``) runs in a real pty. Every wait
-polls with a deadline; WeeChat and the console are killed in teardown.
+assert. The console client (``chatsvc-client``) runs in a real pty. irssi, where
+installed, runs in a pty too, typed at like a user, its autolog the record.
+Every wait polls with a deadline; the clients are killed in teardown.
 """
 
 from __future__ import annotations
@@ -27,16 +28,17 @@ from tests.e2e.helpers import ServerProcess, wait_until, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 WEECHAT = shutil.which("weechat-headless")
+IRSSI = shutil.which("irssi")
 TIMEOUT = 10.0
 SERVER = "cs"  # WeeChat's name for the chatsvc server: buffers are irc.cs.*
 
-pytestmark = [
-    pytest.mark.timeout(60),
-    pytest.mark.skipif(
-        WEECHAT is None,
-        reason="weechat-headless is not installed (apt-get install weechat-headless)",
-    ),
-]
+pytestmark = pytest.mark.timeout(60)
+needs_weechat = pytest.mark.skipif(
+    WEECHAT is None, reason="weechat-headless is not installed (apt-get install weechat-headless)"
+)
+needs_irssi = pytest.mark.skipif(
+    IRSSI is None, reason="irssi is not installed (apt-get install irssi)"
+)
 
 
 class IrcServer:
@@ -132,6 +134,81 @@ def weechat(tmp_path: Path) -> Iterator[Callable[[IrcServer, str], WeeChat]]:
         client.stop()
 
 
+IRSSI_CONFIG = """\
+settings = {{
+  core = {{ real_name = "Irssi"; user_name = "{nick}"; nick = "{nick}"; }};
+  "fe-common/core" = {{
+    autolog = "yes";
+    autolog_path = "{logs}/$0.log";
+    autolog_level = "all";
+  }};
+}};
+"""
+
+
+class Irssi:
+    """irssi in a real pty, typed at; its autolog (one file per window) is the record."""
+
+    def __init__(self, home: Path, server: IrcServer, nick: str) -> None:
+        assert IRSSI is not None
+        home.mkdir()
+        self.logs = home / "logs"
+        (home / "config").write_text(IRSSI_CONFIG.format(nick=nick, logs=self.logs))
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        env.update({"TERM": "xterm", "LANG": "C.UTF-8"})
+        argv = ["--home", str(home), "-c", server.host, "-p", str(server.irc_port), "-n", nick]
+        self.child = pexpect.spawn(
+            IRSSI, argv, env=env, encoding="utf-8", timeout=TIMEOUT, dimensions=(40, 200)
+        )
+
+    def line(self, text: str) -> None:
+        self.child.send(text + "\r")
+
+    def drain(self) -> None:
+        """Read what irssi drew, so that it never blocks on a full pty."""
+        try:
+            while self.child.read_nonblocking(65536, timeout=0):
+                pass
+        except (pexpect.TIMEOUT, pexpect.EOF):
+            pass
+
+    def log(self, target: str) -> list[str]:
+        """The autologged lines of ``target``'s window, without the HH:MM stamp."""
+        try:
+            text = (self.logs / f"{target}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return [ln.split(" ", 1)[1] for ln in text.splitlines() if ln[:1].isdigit() and " " in ln]
+
+    def wait_log(self, target: str, line: str) -> None:
+        def logged() -> bool:
+            self.drain()
+            return line in self.log(target)
+
+        try:
+            wait_until(logged, TIMEOUT, what=repr(line))
+        except AssertionError:
+            raise AssertionError(f"{line!r} not in {target}: {self.log(target)[-15:]!r}") from None
+
+    def close(self) -> None:
+        if self.child.isalive():
+            self.child.terminate(force=True)
+
+
+@pytest.fixture
+def irssi(tmp_path: Path) -> Iterator[Callable[[IrcServer, str], Irssi]]:
+    made: list[Irssi] = []
+
+    def start(server: IrcServer, nick: str) -> Irssi:
+        client = Irssi(tmp_path / f"irssi-{nick}", server, nick)
+        made.append(client)
+        return client
+
+    yield start
+    for client in made:
+        client.close()
+
+
 class Console:
     """``chatsvc-client`` in a real pty; ``expect`` takes literal text."""
 
@@ -183,6 +260,7 @@ def joined(server: IrcServer, weechat: Callable[[IrcServer, str], WeeChat], nick
     return wee
 
 
+@needs_weechat
 def test_weechat_and_the_console_client_chat_in_one_room(
     irc_server: IrcServer, weechat: Any, console: Any
 ) -> None:
@@ -206,6 +284,7 @@ def test_weechat_and_the_console_client_chat_in_one_room(
     wee.wait_log("#lobby", " *\tbob grins")
 
 
+@needs_weechat
 def test_private_messages_both_ways(irc_server: IrcServer, weechat: Any, console: Any) -> None:
     wee = joined(irc_server, weechat, "wee")
     bob = console(irc_server, "bob")
@@ -219,6 +298,7 @@ def test_private_messages_both_ways(irc_server: IrcServer, weechat: Any, console
     wee.wait_log("bob", "wee\tpsst yourself")
 
 
+@needs_weechat
 def test_nick_list_join_and_part_seen_from_both_sides(
     irc_server: IrcServer, weechat: Any, console: Any
 ) -> None:
@@ -249,6 +329,7 @@ def test_nick_list_join_and_part_seen_from_both_sides(
     wait_until(lambda: wee.proc.poll() is not None, TIMEOUT, what="WeeChat to exit on /quit")
 
 
+@needs_weechat
 def test_two_weechats_and_a_console_see_each_other(
     irc_server: IrcServer, weechat: Any, console: Any
 ) -> None:
@@ -263,3 +344,30 @@ def test_two_weechats_and_a_console_see_each_other(
     carl.line("two")
     ann.wait_log("#lobby", "carl\ttwo")
     ben.wait_log("#lobby", "carl\ttwo")
+
+
+@needs_irssi
+def test_irssi_and_the_console_client_chat_in_one_room(
+    irc_server: IrcServer, irssi: Any, console: Any
+) -> None:
+    bob = console(irc_server, "bob")
+    bob.expect("hello bob")
+    ir = irssi(irc_server, "ir")
+    ir.child.expect_exact("Welcome")  # 001 on its screen: registered
+    ir.line("/join #lobby")
+    ir.wait_log("#lobby", "-!- ir [ir@chatsvc] has joined #lobby")
+    bob.expect("* ir joined lobby")
+    ir.line("hello from irssi")
+    bob.expect("[lobby] ir: hello from irssi")
+    bob.line("hi irssi")
+    ir.wait_log("#lobby", "< bob> hi irssi")
+    ir.line("/me waves")
+    bob.expect("[lobby] ir: /me waves")
+    bob.line("//me grins")
+    ir.wait_log("#lobby", " * bob grins")
+    bob.line("/msg ir psst")
+    ir.wait_log("bob", "<bob> psst")  # a query window of its own
+    ir.line("/msg bob psst yourself")
+    bob.expect("[private] ir: psst yourself")
+    ir.line("/part #lobby")
+    bob.expect("* ir left lobby")
