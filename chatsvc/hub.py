@@ -66,8 +66,9 @@ class Member:
     """One connection as the hub sees it.  Fields by owner:
 
     * fixed at creation, read by anyone: ``addr``, ``port``, ``connected_at``,
-      ``connected_mono``, ``link``, ``secure`` (came through a TLS listener); ``dialect`` too, except that an IRC session
-      may switch it through ``Hub.set_dialect`` (under the lock) (the writer's per-connection
+      ``connected_mono``, ``link``, ``secure`` (came through a TLS listener);
+      ``dialect`` too, except that an IRC session may switch it through
+      ``Hub.set_dialect`` (under the lock) (the writer's per-connection
       state; only the writer thread looks inside it);
     * written by the member's reader thread only, read without the lock by
       the reaper and the views (single attribute stores): ``last_active``,
