@@ -1,4 +1,4 @@
-"""Real IRC clients against the real ``chatsvc``: WeeChat beside the console client.
+"""Real IRC clients (WeeChat, irssi) against the real ``chatsvc``, beside the console client.
 
 The server is the ``chatsvc`` entry point in a subprocess with ``[irc] enabled``
 on port 0. WeeChat runs headless (``weechat-headless``) in a home directory of
