@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.targets import make_target
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -78,3 +80,32 @@ def test_probe_measures_a_target_against_the_floor_in_the_same_run() -> None:
     assert seed["floor_delivered"] == seed["floor_expected"] == 50 * 20
     assert seed["p99_x_floor"] == round(seed["p99_ms"] / seed["floor_p99_ms"], 2)
     assert "| seed | 1 |" in proc.stderr  # the summary table
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("target", ["chatsvc-irc", "inspircd", "ngircd"])
+def test_quick_irc_runs_deliver_every_message(target: str) -> None:
+    """The IRC targets: registration, JOIN after the MOTD, the closed loop's acks."""
+    reason = make_target(target).unavailable()
+    if reason:
+        pytest.skip(reason)
+    argv = [sys.executable, "-m", "bench", "--scenario", "fanout,saturate", "--targets", target]
+    proc = subprocess.run(
+        [*argv, "--quick", "--workers", "2", "--seconds", "1", "--max-minutes", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["scenario"], r["target"], r["status"]) for r in records] == [
+        ("fanout", target, "ok"),
+        ("saturate", target, "ok"),
+    ], proc.stderr[-3000:]
+    fanout, saturate = (r["figures"] for r in records)
+    assert fanout["expected"] > 0
+    assert fanout["delivered"] == fanout["expected"]
+    assert fanout["lost"] == 0
+    assert saturate["delivered_per_s"] > 0
