@@ -25,6 +25,7 @@ from bench.scenarios import ORDER, SCENARIOS, RunContext, variants
 from bench.targets import (
     DEFAULT_LOG_LEVEL,
     LOG_LEVELS,
+    TARGET_NAMES,
     ChatsvcTarget,
     Target,
     TargetUnavailable,
@@ -44,8 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--all", action="store_true", help="every scenario: " + ", ".join(ORDER))
     what.add_argument("--scenario", help="comma-separated scenarios, e.g. fanout,saturate")
-    p.add_argument("--targets", default=DEFAULT_TARGETS, help=f"default {DEFAULT_TARGETS}")
+    p.add_argument(
+        "--targets",
+        default=DEFAULT_TARGETS,
+        help=f"comma-separated, of {', '.join(TARGET_NAMES)} (default {DEFAULT_TARGETS})",
+    )
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="run chatsvc over TLS (target chatsvc-tls: a TLS-only server, a self-signed "
+        "certificate); list both in --targets, e.g. chatsvc,chatsvc-tls, to compare in one run",
+    )
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="load processes")
     p.add_argument("--jsonl", type=Path, help="also append the JSON lines to this file")
     p.add_argument("--markdown", type=Path, help="also write the table to this file")
@@ -80,6 +91,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"unknown scenario(s): {', '.join(unknown)}", file=sys.stderr)
         return 2
     target_names = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.tls:
+        target_names = ["chatsvc-tls" if t == "chatsvc" else t for t in target_names]
     try:
         targets = [make_target(t, args.chatsvc_module, args.log_level) for t in target_names]
     except ValueError as exc:

@@ -122,6 +122,7 @@ def distribute(
     dialect: str,
     ack_room: Optional[str] = None,
     pad_bytes: int = 40,
+    tls: bool = False,
 ) -> list[WorkerPlan]:
     """Deal clients round-robin per role, so every worker gets a similar mix.
 
@@ -143,6 +144,6 @@ def distribute(
             if any(spec.role == ROLE_SEND for spec in bucket):
                 bucket.append(ClientSpec(ROLE_ACK, f"ack{index}", ack_room))
     return [
-        WorkerPlan(index, host, port, dialect, tuple(bucket), pad_bytes)
+        WorkerPlan(index, host, port, dialect, tuple(bucket), pad_bytes, tls)
         for index, bucket in enumerate(buckets)
     ]

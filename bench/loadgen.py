@@ -27,6 +27,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import struct
 import time
 from collections import Counter
@@ -75,6 +76,7 @@ class WorkerPlan:
     dialect: str
     clients: tuple[ClientSpec, ...]
     pad_bytes: int = 40
+    tls: bool = False  # connect with TLS (the chatsvc-tls target; the certificate is not checked)
 
 
 class Client(asyncio.Protocol):
@@ -170,7 +172,10 @@ class Client(asyncio.Protocol):
             address = (self.worker.plan.host, self.worker.plan.port)
             await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
             self.local_port = sock.getsockname()[1]
-            await loop.create_connection(lambda: self, sock=sock)
+            tls = self.worker.tls
+            await loop.create_connection(
+                lambda: self, sock=sock, ssl=tls, server_hostname="" if tls else None
+            )
         except asyncio.TimeoutError:
             sock.close()
             return "connect timeout"
@@ -224,6 +229,9 @@ class Client(asyncio.Protocol):
         if pong is not None:
             self.write(pong)
             return
+        more = self.dialect.login_next(line, self.spec.room, self.spec.role == ROLE_SEND)
+        if more is not None:
+            self.write(more)
         if self.dialect.login_error(line):
             self.login_error = "rejected: " + line[:60].decode("utf-8", "replace").strip()
             if not self.login_waiter.done():
@@ -366,6 +374,7 @@ class Worker:
     def __init__(self, plan: WorkerPlan, conn: Connection) -> None:
         self.plan = plan
         self.conn = conn
+        self.tls = _client_tls() if plan.tls else None
         self.dialect = dialects.get(plan.dialect)
         self.pad = b"x" * plan.pad_bytes
         self.clients: list[Client] = []
@@ -696,6 +705,14 @@ def die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _client_tls() -> ssl.SSLContext:
+    """The load's TLS: a throw-away certificate, so no verification."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def worker_main(conn: Connection, plan: WorkerPlan, parent_pid: int) -> None:

@@ -9,7 +9,7 @@ import sys
 from types import FrameType
 from typing import IO, Any, Optional
 
-from chatsvc import __version__, config, logsetup, systemd
+from chatsvc import __version__, config, logsetup, systemd, tls
 from chatsvc.adminpath import resolve_socket
 from chatsvc.errors import ChatsvcError, ConfigError
 from chatsvc.server import ChatServer
@@ -71,6 +71,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         cfg, overrides = effective_config(args)
         config.admin_group_id(cfg)  # a missing group is a config error, not a failed start
+        if cfg.tls.enabled:  # an unreadable or mismatched certificate is one, too
+            tls.server_context(cfg.tls)
     except ConfigError as exc:
         print(f"chatsvc: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

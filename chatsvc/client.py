@@ -14,6 +14,14 @@ scripted mode (and the plain terminal fallback) a stdin thread does the same for
 input lines; while reconnecting, a connector thread makes the attempts.  They
 only post to the main thread's :class:`Inbox`.  The main thread alone owns the
 session state, the terminal and every write to the socket.
+
+TLS (``--tls``, ``--cafile``, ``--fingerprint``) keeps that shape: the socket
+stays a plain socket and :class:`ClientTls` runs TLS in memory
+(``ssl.MemoryBIO``), because an ``ssl.SSLSocket`` read by the reader thread
+while the main thread writes to it would call ``SSL_read`` and ``SSL_write``
+on one SSL object at once, which OpenSSL forbids.  A small lock guards the SSL
+object; ciphertext is sent by the main thread only, in the order it was made
+(the reader asks for a flush with a :class:`TlsOutput` event).
 """
 
 from __future__ import annotations
@@ -21,12 +29,14 @@ from __future__ import annotations
 import abc
 import argparse
 import enum
+import hashlib
 import io
 import os
 import re
 import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -38,6 +48,7 @@ from typing import Any, BinaryIO, Callable, Optional, Protocol, TextIO, Union
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6321
+DEFAULT_TLS_PORT = 6322
 PROG = "chatsvc-client"
 
 CONNECT_TIMEOUT = 10.0
@@ -54,6 +65,7 @@ SLOW_DOWN_FIRST_GAP = 0.25  # when the server did not say its rate
 SLOW_DOWN_MAX_GAP = 5.0
 
 NAME_PROMPT = "Enter your name: "
+PASSWORD_PROMPT = "Password for {}: "  # typed without echo, never kept in history
 COMMANDS = ("/help", "/join", "/msg", "/quit", "/rooms", "/who")
 CLIENT_HELP = (
     "client: Tab completes commands, rooms and names; Up/Down recall earlier lines",
@@ -77,7 +89,7 @@ exit status:
   0    left normally: bye, /quit, Ctrl-D, Ctrl-C, or the end of piped input
   1    connection lost (also: disconnected for idling or flooding)
   2    usage error
-  3    cannot connect (refused, unreachable, server full)
+  3    cannot connect (refused, unreachable, server full, TLS verification failed)
   4    kicked by an operator
   5    the server shut down
   6    refused: name rejected, or --room could not be joined (scripted mode)
@@ -99,6 +111,7 @@ class What(enum.Enum):
     - ``PRIVATE_SENT``: ``[private to bob] alice: psst`` (target, name, text)
     - ``WELCOME``: ``* welcome to chatsvc 0.1.0``
     - ``NAME_PROMPT``: ``* please enter your name``
+    - ``PASSWORD_PROMPT``: ``* password for alice:`` (name); the next line sent is the password
     - ``HELLO``: ``* hello alice, you are in lobby`` (name, room)
     - ``JOINED``: ``* you are now in work`` (room)
     - ``KICKED``: ``* you were kicked: spamming`` (reason)
@@ -126,6 +139,7 @@ class What(enum.Enum):
     PRIVATE_SENT = "private_sent"
     WELCOME = "welcome"
     NAME_PROMPT = "name_prompt"
+    PASSWORD_PROMPT = "password_prompt"
     HELLO = "hello"
     JOINED = "joined"  # we moved to a room
     KICKED = "kicked"  # we were kicked
@@ -189,6 +203,7 @@ _READINGS: tuple[tuple[What, re.Pattern[str], Optional[Leave]], ...] = (
     (What.CHAT, re.compile(r"\[([^\]]+)\] ([^\s:]+): (.*)", re.S), None),
     (What.WELCOME, re.compile(r"\* welcome to "), None),
     (What.NAME_PROMPT, re.compile(r"\* please enter your name$"), None),
+    (What.PASSWORD_PROMPT, re.compile(r"\* password for (\S+):$"), None),
     (What.HELLO, re.compile(r"\* hello (\S+), you are in (\S+)$"), None),
     (What.JOINED, re.compile(r"\* you are now in (\S+)$"), None),
     (What.KICKED, re.compile(r"\* you were kicked: (.*)$"), None),
@@ -604,6 +619,14 @@ class ServerClosed:
 @dataclass(frozen=True)
 class Reconnected:
     sock: socket.socket
+    tls: Optional[ClientTls] = None
+
+
+@dataclass(frozen=True)
+class TlsOutput:
+    """The reader made ciphertext (a TLS reply): the main thread sends it."""
+
+    gen: int
 
 
 @dataclass(frozen=True)
@@ -623,7 +646,9 @@ class InputEnd:
     pass
 
 
-Event = Union[ServerLine, ServerClosed, Reconnected, ReconnectFailed, InputLine, InputEnd]
+Event = Union[
+    ServerLine, ServerClosed, Reconnected, ReconnectFailed, InputLine, InputEnd, TlsOutput
+]
 
 
 class Inbox:
@@ -680,11 +705,197 @@ class Inbox:
         return items
 
 
-def connect(host: str, port: int) -> socket.socket:
+# --- TLS -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """How to check the server: CAs (system, or ``cafile``) and the host name, or a pin."""
+
+    server_name: str
+    cafile: Optional[str] = None
+    pin: Optional[bytes] = None  # SHA-256 of the certificate (DER): replaces CA and name checks
+
+
+class TlsFailed(OSError):
+    """No TLS session: the handshake failed, or the server's certificate was not
+    accepted.  The message is the whole line for the user (why, and what to do)."""
+
+
+def parse_fingerprint(text: str) -> Optional[bytes]:
+    """The 32 bytes of ``SHA256:HEX`` (colons optional, any case); None if malformed."""
+    body = text.strip()
+    if body[:7].upper() == "SHA256:":
+        body = body[7:]
+    body = body.replace(":", "")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", body):
+        return None
+    return bytes.fromhex(body)
+
+
+def format_fingerprint(digest: bytes) -> str:
+    text = digest.hex().upper()
+    return "SHA256:" + ":".join(text[i : i + 2] for i in range(0, len(text), 2))
+
+
+def tls_context(settings: TlsSettings) -> ssl.SSLContext:
+    """OSError or ssl.SSLError if ``cafile`` cannot be used."""
+    if settings.pin is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the pin is checked after the handshake
+    else:
+        ctx = ssl.create_default_context(cafile=settings.cafile)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class ClientTls:
+    """One connection's TLS state in memory.  ``lock`` guards the SSL object and BIOs.
+
+    The handshake runs before any thread shares the connection.  Then the
+    reader thread calls ``recv`` and the main thread ``encrypt``/``take_out``/
+    ``close_notify``; only the main thread takes ciphertext out of the outgoing
+    BIO, so records reach the socket in order.
+    """
+
+    def __init__(self, ctx: ssl.SSLContext, server_name: str) -> None:
+        self.lock = threading.Lock()
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = ctx.wrap_bio(self._in, self._out, server_hostname=server_name)
+
+    def handshake(self, sock: socket.socket) -> None:
+        """Blocking, bounded by the socket's timeout; ssl.SSLError or OSError if it fails."""
+        while True:
+            try:
+                self._obj.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            except ssl.SSLError:
+                out = self._out.read()
+                if out:  # our alert: tell the server why, best effort
+                    try:
+                        sock.sendall(out)
+                    except OSError:
+                        pass
+                raise
+            out = self._out.read()
+            if out:
+                sock.sendall(out)
+            if done:
+                return
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("the server closed the connection during the handshake")
+            self._in.write(data)
+
+    def peer_certificate(self) -> bytes:
+        return self._obj.getpeercert(binary_form=True) or b""
+
+    def recv(self, sock: socket.socket, on_output: Callable[[], None]) -> bytes:
+        """Plaintext (blocking); b"" at the end; OSError on a TLS error.  Reader thread."""
+        while True:
+            data: Optional[bytes] = None
+            failure: Optional[ssl.SSLError] = None
+            with self.lock:
+                try:
+                    data = self._obj.read(65536)
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLZeroReturnError:
+                    data = b""
+                except ssl.SSLError as exc:
+                    failure = exc
+                pending = self._out.pending
+            if pending:
+                on_output()
+            if failure is not None:
+                raise failure
+            if data is not None:
+                return data
+            raw = sock.recv(65536)
+            if not raw:
+                return b""
+            with self.lock:
+                self._in.write(raw)
+
+    def encrypt(self, data: bytes) -> bytes:
+        with self.lock:
+            self._obj.write(data)
+            return self._out.read()
+
+    def take_out(self) -> bytes:
+        with self.lock:
+            return self._out.read()
+
+    def close_notify(self) -> bytes:
+        with self.lock:
+            try:
+                self._obj.unwrap()
+            except (ssl.SSLError, ValueError):
+                pass
+            return self._out.read()
+
+
+def _server_fingerprint(host: str, port: int, server_name: str) -> Optional[str]:
+    """The certificate a server presents, unverified: to show it after a failed check."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT) as sock:
+            layer = ClientTls(ctx, server_name)
+            layer.handshake(sock)
+            der = layer.peer_certificate()
+    except OSError:
+        return None
+    return format_fingerprint(hashlib.sha256(der).digest()) if der else None
+
+
+def _tls_start(sock: socket.socket, host: str, port: int, settings: TlsSettings) -> ClientTls:
+    layer = ClientTls(tls_context(settings), settings.server_name)
+    where = f"{host}:{port}"
+    try:
+        layer.handshake(sock)
+    except ssl.SSLCertVerificationError as exc:
+        reason = exc.verify_message or exc.reason or str(exc)
+        fp = _server_fingerprint(host, port, settings.server_name)
+        hint = (
+            f"; the server's certificate is {fp}: if you trust it, connect with --fingerprint {fp}"
+            if fp
+            else ""
+        )
+        raise TlsFailed(f"TLS verification of {where} failed: {reason}{hint}") from None
+    except ssl.SSLError as exc:
+        reason = str(exc.reason or exc).replace("_", " ").lower()
+        raise TlsFailed(
+            f"TLS handshake with {where} failed ({reason}): is {where} a chatsvc TLS port?"
+        ) from None
+    if settings.pin is not None:
+        got = hashlib.sha256(layer.peer_certificate()).digest()
+        if got != settings.pin:
+            raise TlsFailed(
+                f"TLS verification of {where} failed: the server's certificate is "
+                f"{format_fingerprint(got)}, not the pinned {format_fingerprint(settings.pin)}"
+            )
+    return layer
+
+
+def connect(
+    host: str, port: int, tls: Optional[TlsSettings] = None
+) -> tuple[socket.socket, Optional[ClientTls]]:
+    """A connected socket, and its TLS layer once the server is verified (with ``tls``)."""
     sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        layer = _tls_start(sock, host, port, tls) if tls is not None else None
+    except BaseException:
+        sock.close()
+        raise
     sock.settimeout(None)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    return sock, layer
 
 
 # The signals the client acts on (see ReadlineConsole.start).
@@ -722,8 +933,11 @@ def describe(exc: OSError) -> str:
 class Connection:
     """One TCP connection: a reader thread posting lines, sends from the main thread."""
 
-    def __init__(self, sock: socket.socket, inbox: Inbox, gen: int) -> None:
+    def __init__(
+        self, sock: socket.socket, inbox: Inbox, gen: int, tls: Optional[ClientTls] = None
+    ) -> None:
         self.sock = sock
+        self.tls = tls
         self.inbox = inbox
         self.gen = gen
         self._reader = worker(self._read, name=f"reader-{gen}")
@@ -732,24 +946,51 @@ class Connection:
         self._reader.start()
 
     def send(self, line: bytes) -> None:
+        data = line + b"\n"
         try:
-            self.sock.sendall(line + b"\n")
-        except OSError:
+            if self.tls is not None:
+                data = self.tls.encrypt(data)
+            self.sock.sendall(data)
+        except (OSError, ValueError):
             pass  # the reader sees the connection end and reports it
 
+    def flush(self) -> None:
+        """Send what the TLS layer made while reading (main thread)."""
+        if self.tls is None:
+            return
+        try:
+            out = self.tls.take_out()
+            if out:
+                self.sock.sendall(out)
+        except OSError:
+            pass
+
     def close(self) -> None:
+        try:
+            if self.tls is not None:
+                self.sock.sendall(self.tls.close_notify())
+        except OSError:
+            pass
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self.sock.close()
 
+    def _output(self) -> None:
+        self.inbox.post(TlsOutput(self.gen))
+
+    def _receive(self) -> bytes:
+        if self.tls is None:
+            return self.sock.recv(65536)
+        return self.tls.recv(self.sock, self._output)
+
     def _read(self) -> None:
         error: Optional[str] = None
         lines = Lines(MAX_SERVER_LINE)
         try:
             while True:
-                data = self.sock.recv(65536)
+                data = self._receive()
                 for line in lines.feed(data) if data else lines.end():
                     self.inbox.post(ServerLine(self.gen, line))
                 if not data:
@@ -762,8 +1003,11 @@ class Connection:
 class Reconnector:
     """Connects again in the background, with backoff; posts the result."""
 
-    def __init__(self, host: str, port: int, inbox: Inbox) -> None:
+    def __init__(
+        self, host: str, port: int, inbox: Inbox, tls: Optional[TlsSettings] = None
+    ) -> None:
         self.host, self.port, self.inbox = host, port, inbox
+        self.tls = tls
         self.attempts = 0
         self._stop = threading.Event()
 
@@ -777,7 +1021,7 @@ class Reconnector:
         while not self._stop.wait(reconnect_delay(self.attempts)):
             self.attempts += 1
             try:
-                sock = connect(self.host, self.port)
+                sock, layer = connect(self.host, self.port, self.tls)
             except OSError as exc:
                 more = self.attempts < RECONNECT_ATTEMPTS
                 delay = reconnect_delay(self.attempts) if more else None
@@ -785,7 +1029,7 @@ class Reconnector:
                 if not more:
                     return
                 continue
-            self.inbox.post(Reconnected(sock))
+            self.inbox.post(Reconnected(sock, layer))
             return
 
 
@@ -818,7 +1062,8 @@ class Phase(enum.Enum):
 
     GREETING = "greeting"  # connected; the server has not asked for a name yet
     NAMING = "naming"  # asked, and we have no name to send yet
-    NAME_SENT = "name_sent"  # waiting for hello or a refusal
+    NAME_SENT = "name_sent"  # waiting for hello, a password prompt or a refusal
+    PASSWORD = "password"  # the server asked for a password and we have none to send
     CHAT = "chat"  # logged in
     CLOSING = "closing"  # we said bye; waiting for the server to close
     RECONNECTING = "reconnecting"  # the connection is gone; the reconnector is trying
@@ -852,11 +1097,19 @@ class Runner(abc.ABC):
         self.result: Optional[Outcome] = None
         self.lost: Optional[Outcome] = None  # why we are reconnecting
         self.relogin = False  # logging in again after a reconnect
-        self.reconnector = Reconnector(args.host, args.port, inbox)
+        # The password: from --password-file, or as typed; kept in memory for this run
+        # only, so a reconnect logs in again without asking.
+        self.password: Optional[bytes] = getattr(args, "password", None)
+        self.password_sent = False  # the last thing we sent at login was the password
+        self.tls: Optional[TlsSettings] = getattr(args, "tls_settings", None)
+        self.reconnector = Reconnector(args.host, args.port, inbox, self.tls)
 
     def open(self) -> bool:
         try:
-            sock = connect(self.args.host, self.args.port)
+            sock, layer = connect(self.args.host, self.args.port, self.tls)
+        except TlsFailed as exc:
+            self.finish(Outcome(ExitCode.CANNOT_CONNECT, str(exc)))
+            return False
         except OSError as exc:
             self.finish(
                 Outcome(
@@ -866,12 +1119,16 @@ class Runner(abc.ABC):
                 )
             )
             return False
-        self.attach(sock)
+        self.attach(sock, layer)
         return True
 
-    def attach(self, sock: socket.socket) -> None:
+    def attach(self, sock: socket.socket, tls: Optional[ClientTls] = None) -> None:
         self.gen += 1
-        self.conn = Connection(sock, self.inbox, self.gen)
+        self.conn = (
+            Connection(sock, self.inbox, self.gen, tls)
+            if tls is not None
+            else Connection(sock, self.inbox, self.gen)
+        )
         self.state.new_connection()
         self.enter(Phase.GREETING)
         self.conn.start()
@@ -904,14 +1161,17 @@ class Runner(abc.ABC):
     # --- the one dispatch: events, and what a server line makes us do ---------------
 
     def handle(self, ev: Event) -> None:
-        if isinstance(ev, (ServerLine, ServerClosed)) and ev.gen != self.gen:
+        if isinstance(ev, (ServerLine, ServerClosed, TlsOutput)) and ev.gen != self.gen:
             return  # from a connection we already gave up
-        if isinstance(ev, ServerLine):
+        if isinstance(ev, TlsOutput):
+            if self.conn is not None:
+                self.conn.flush()
+        elif isinstance(ev, ServerLine):
             self.on_server_line(ev.raw)
         elif isinstance(ev, ServerClosed):
             self.on_closed(ev.error)
         elif isinstance(ev, Reconnected):
-            self.attach(ev.sock)
+            self.attach(ev.sock, ev.tls)
             self.on_reconnected()
         elif isinstance(ev, ReconnectFailed):
             self.on_reconnect_failed(ev)
@@ -938,6 +1198,8 @@ class Runner(abc.ABC):
         """
         if meaning.what is What.NAME_PROMPT:
             self.on_name_prompt()
+        elif meaning.what is What.PASSWORD_PROMPT and self.phase is Phase.NAME_SENT:
+            self.on_password_prompt(meaning.args[0])
         elif meaning.what is What.HELLO:
             self.on_hello()
         elif self.phase is Phase.NAME_SENT and kind is Kind.ERROR:
@@ -958,9 +1220,24 @@ class Runner(abc.ABC):
 
     def send_name(self, name: str) -> None:
         self.send(name.encode("utf-8", "surrogateescape"))
+        self.password_sent = False
+        self.enter(Phase.NAME_SENT)
+
+    def on_password_prompt(self, name: str) -> None:
+        if self.password is not None:
+            self.send_password(self.password)
+        else:
+            self.enter(Phase.PASSWORD)
+            self.ask_password(name)
+
+    def send_password(self, password: bytes) -> None:
+        self.send(password)
+        self.password_sent = True
         self.enter(Phase.NAME_SENT)
 
     def on_name_refused(self, why: str) -> None:
+        if self.password_sent and not self.relogin:
+            self.password = None  # wrong, or refused: ask again next time
         if self.relogin:  # our old session may linger a moment: try again later
             self.enter(Phase.RECONNECTING)
             self.lose(Outcome(ExitCode.REFUSED, f"login failed: {why}", True))
@@ -1045,6 +1322,10 @@ class Runner(abc.ABC):
         """The server wants a name and we have none: the next input line is it."""
 
     @abc.abstractmethod
+    def ask_password(self, name: str) -> None:
+        """The server wants a password for ``name`` and we have none: get one."""
+
+    @abc.abstractmethod
     def name_refused(self, why: str) -> None:
         """The server refused the name we gave (not after a reconnect)."""
 
@@ -1116,7 +1397,11 @@ class ScriptedRunner(Runner):
             pass  # nobody reads our output any more; keep delivering the input
 
     def on_input_line(self, raw: bytes) -> None:
-        if not raw.strip():  # the server ignores blank lines and would not answer
+        if self.phase is Phase.PASSWORD:  # no --password-file: the next line is it
+            self.slots.release()
+            self.password = raw
+            self.send_password(raw)
+        elif not raw.strip():  # the server ignores blank lines and would not answer
             self.slots.release()
         elif self.name is None:
             self.name = raw.strip().decode("utf-8", "surrogateescape")
@@ -1138,6 +1423,19 @@ class ScriptedRunner(Runner):
 
     def ask_name(self) -> None:
         pass  # the first input line is the name (on_input_line sends it)
+
+    def ask_password(self, name: str) -> None:
+        if self.relogin:  # asked anew after a reconnect: no line of input is meant for it
+            self.finish(Outcome(ExitCode.REFUSED, f"login failed: {name} now needs a password"))
+        elif self.outbox.lines:  # read ahead already: the line after the name
+            line = self.outbox.lines.popleft()
+            if self.owed:
+                self.owed -= 1
+                self.slots.release()
+            self.password = line
+            self.send_password(line)
+        elif self.input_done:
+            self.finish(Outcome(ExitCode.REFUSED, f"login failed: no password for {name}"))
 
     def name_refused(self, why: str) -> None:
         self.finish(Outcome(ExitCode.REFUSED, f"name rejected: {why}"))
@@ -1174,6 +1472,8 @@ class ScriptedRunner(Runner):
     def step(self, now: float) -> None:
         if self.phase is Phase.NAMING and self.input_done:
             self.finish(Outcome(ExitCode.OK))  # no input at all, not even a name
+        elif self.phase is Phase.PASSWORD and self.input_done:
+            self.finish(Outcome(ExitCode.REFUSED, "login failed: no password given"))
         elif self.phase is Phase.CHAT:
             self.outbox.check(now)
             line = self.outbox.take(now)
@@ -1211,6 +1511,10 @@ class Console(Protocol):
 
     def accepted(self, line: str, echoed: bool) -> None:
         """The user entered ``line``; ``echoed``: the server will show it back."""
+        ...
+
+    def secret(self, on: bool) -> None:
+        """While on, the next line is typed without echo and kept out of history."""
         ...
 
 
@@ -1254,6 +1558,7 @@ class InteractiveRunner(Runner):
     def enter(self, phase: Phase) -> None:
         super().enter(phase)
         # Greeting and reconnecting keep the prompt there was.
+        self.console.secret(phase is Phase.PASSWORD)
         prompts = {
             Phase.NAMING: NAME_PROMPT,
             Phase.NAME_SENT: "",
@@ -1275,7 +1580,7 @@ class InteractiveRunner(Runner):
         self.show(f"* {text}", Kind.NOTICE)
 
     def show_line(self, raw: bytes, meaning: Meaning, kind: Kind) -> None:
-        if meaning.what is What.NAME_PROMPT:
+        if meaning.what in (What.NAME_PROMPT, What.PASSWORD_PROMPT):
             return  # our own prompt asks instead
         if meaning.what is What.ROOMS and self.quiet_rooms:
             self.quiet_rooms -= 1
@@ -1295,7 +1600,10 @@ class InteractiveRunner(Runner):
             self.leave()
             return
         self.console.accepted(item, echoed=self.phase is Phase.CHAT and not is_command(item))
-        if self.phase in (Phase.GREETING, Phase.NAME_SENT):
+        if self.phase is Phase.PASSWORD:
+            self.password = item.encode("utf-8", "surrogateescape")
+            self.send_password(self.password)
+        elif self.phase in (Phase.GREETING, Phase.NAME_SENT):
             self.held.append(item)
         elif self.phase is Phase.NAMING:
             self.offer_name(item)
@@ -1341,6 +1649,12 @@ class InteractiveRunner(Runner):
 
     def ask_name(self) -> None:
         self.replay()  # a line typed early is the name
+
+    def ask_password(self, name: str) -> None:
+        if self.held:  # typed (and shown) before the question: neither password nor chat
+            self.held = []
+            self.note("what you typed before the password prompt was not sent")
+        self.prompt = PASSWORD_PROMPT.format(name)  # typed without echo (Console.secret)
 
     def name_refused(self, why: str) -> None:
         self.enter(Phase.NAMING)  # the server showed why; ask again
@@ -1471,6 +1785,7 @@ class ReadlineConsole:
         self.completer: Callable[[str, str], list[str]] = lambda before, word: []
         self.matches: list[str] = []
         self.suspended_input: tuple[bytes, int] = (b"", 0)  # typed before Ctrl-Z
+        self.hidden = NoEcho(self.stdin_fd)  # a password: readline stays away meanwhile
         # kept referenced: readline holds a pointer to it
         self.line_handler = rl.line_handler_type(self._on_line)
 
@@ -1484,6 +1799,7 @@ class ReadlineConsole:
             self.saved_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def stop(self) -> None:
+        self.hidden.set(False)  # never leave the terminal without echo
         if self.installed:
             self._uninstall()
         for signum, handler in self.saved_handlers.items():
@@ -1494,7 +1810,16 @@ class ReadlineConsole:
         self.signals.append(signum)  # acted on by wait(), between keystrokes
         self.inbox.poke()
 
+    def secret(self, on: bool) -> None:
+        if on and not self.hidden.on:
+            if self.installed:
+                self._uninstall()
+            self.prompt = None
+        self.hidden.set(on)
+
     def wait(self, timeout: Optional[float]) -> list[UserInput]:
+        if self.hidden.on:
+            return self.hidden.wait(self.wake_fd, timeout, self.signals, self.out)
         fds = [self.wake_fd, self.stdin_fd] if self.installed else [self.wake_fd]
         readable, _, _ = select.select(fds, [], [], timeout)
         signals, self.signals = self.signals, []
@@ -1514,6 +1839,9 @@ class ReadlineConsole:
         return ready
 
     def update(self, lines: Sequence[str], prompt: Optional[str]) -> None:
+        if self.hidden.on:  # no readline while a password is typed
+            self.hidden.show(self.out, lines, prompt)
+            return
         if self.installed and (lines or prompt != self.prompt):
             self._clear_input_line()
             if prompt is None:
@@ -1541,6 +1869,8 @@ class ReadlineConsole:
         os.kill(os.getpid(), signal.SIGSTOP)
 
     def accepted(self, line: str, echoed: bool) -> None:
+        if self.hidden.on:
+            return  # a password: never in history
         if line.strip() and self.prompt_at_accept != NAME_PROMPT:
             self._remember(line)
         if echoed and line.strip():
@@ -1596,6 +1926,76 @@ class ReadlineConsole:
         self.out.flush()
 
 
+class NoEcho:
+    """A password line on a terminal: echo off (``termios``), read as a whole line.
+
+    Used by both consoles; with readline its callback handler is removed first,
+    so the terminal is in its ordinary line mode, just without echo.  Ctrl-C
+    still interrupts (``ISIG`` stays), Ctrl-D ends input.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.on = False
+        self.saved: Optional[list[Any]] = None
+        self.buf = b""
+        self.shown: Optional[str] = None
+
+    def set(self, on: bool) -> None:
+        if on == self.on:
+            return
+        self.on = on
+        self.buf, self.shown = b"", None
+        try:
+            import termios
+        except ImportError:  # pragma: no cover - not a Unix terminal
+            return
+        try:
+            if on:
+                self.saved = termios.tcgetattr(self.fd)
+                quiet = termios.tcgetattr(self.fd)
+                quiet[3] &= ~(termios.ECHO | termios.ECHONL)
+                quiet[3] |= termios.ICANON | termios.ISIG
+                termios.tcsetattr(self.fd, termios.TCSAFLUSH, quiet)
+            elif self.saved is not None:
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+                self.saved = None
+        except (OSError, termios.error):
+            pass
+
+    def show(self, out: TextIO, lines: Sequence[str], prompt: Optional[str]) -> None:
+        if lines and self.shown is not None:
+            out.write("\r\x1b[K")
+            self.shown = None
+        out.write("".join(line + "\n" for line in lines))
+        if prompt is not None and prompt != self.shown:
+            out.write(prompt)
+            self.shown = prompt
+        out.flush()
+
+    def wait(
+        self, wake_fd: int, timeout: Optional[float], signals: list[int], out: TextIO
+    ) -> list[UserInput]:
+        readable, _, _ = select.select([wake_fd, self.fd], [], [], timeout)
+        if signal.SIGINT in signals or signal.SIGTERM in signals:
+            signals.clear()
+            out.write("\n")
+            return [Key.INTERRUPT]
+        if self.fd not in readable:
+            return []
+        data = os.read(self.fd, 4096)
+        if not data:
+            out.write("\n")
+            return [Key.EOF]
+        self.buf += data
+        if b"\n" not in self.buf:
+            return []
+        line, _, self.buf = self.buf.partition(b"\n")
+        out.write("\n")  # the Enter was not echoed
+        self.shown = None
+        return [line.decode(sys.stdin.encoding or "utf-8", "surrogateescape")]
+
+
 class PlainConsole:
     """Fallback without GNU readline: the terminal's own line editing, a stdin thread.
 
@@ -1610,11 +2010,18 @@ class PlainConsole:
         self.prompt: Optional[str] = None
         self.prompt_shown = False
         self.slots = threading.Semaphore(INPUT_WINDOW)
+        self.hidden = NoEcho(sys.stdin.fileno()) if is_tty else None
+
+    def secret(self, on: bool) -> None:
+        if self.hidden is not None:
+            self.hidden.set(on)  # the stdin thread reads the line; the terminal does not echo
 
     def start(self, completer: Callable[[str, str], list[str]]) -> None:
         worker(read_input, sys.stdin.fileno(), self.inbox, self.slots, name="stdin").start()
 
     def stop(self) -> None:
+        if self.hidden is not None:
+            self.hidden.set(False)  # never leave the terminal without echo
         self.out.flush()
 
     def wait(self, timeout: Optional[float]) -> list[UserInput]:
@@ -1639,6 +2046,8 @@ class PlainConsole:
         out.flush()
 
     def accepted(self, line: str, echoed: bool) -> None:
+        if self.hidden is not None and self.hidden.on:
+            self.out.write("\n")  # the Enter was not echoed either
         self.prompt_shown = False  # the terminal moved to a new line
         self.slots.release()
 
@@ -1669,26 +2078,88 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="server address (%(default)s)")
     parser.add_argument(
-        "--port", type=port_number, default=DEFAULT_PORT, help="server port (%(default)s)"
+        "--port",
+        type=port_number,
+        default=None,
+        help=f"server port ({DEFAULT_PORT}; {DEFAULT_TLS_PORT} with TLS)",
     )
     parser.add_argument(
         "--name", help="log in with this name (default: ask, or the first input line)"
     )
     parser.add_argument("--room", help="join this room after logging in")
     parser.add_argument(
+        "--password-file",
+        metavar="PATH",
+        help="when the server asks for a password, send the first line of this file "
+        "(default: ask without echo on a terminal; the next input line when scripted)",
+    )
+    parser.add_argument(
         "--reconnect",
         action="store_true",
         help="when the connection is lost or the server restarts, reconnect with backoff "
         "and rejoin the room",
     )
+    tls = parser.add_argument_group("TLS (docs/tls.md)")
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS; verify the server against the system's CAs and --host",
+    )
+    tls.add_argument(
+        "--cafile",
+        metavar="PATH",
+        help="verify against the CA certificates in PATH (implies --tls)",
+    )
+    tls.add_argument(
+        "--fingerprint",
+        metavar="SHA256:HEX",
+        help="accept only the server certificate with this SHA-256 fingerprint (colons "
+        "optional), instead of CA and host name checks: for self-signed servers (implies --tls)",
+    )
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def tls_settings(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> Optional[TlsSettings]:
+    """The TLS settings the options ask for (None: plain); usage errors exit 2."""
+    if not (args.tls or args.cafile or args.fingerprint):
+        return None
+    pin = None
+    if args.fingerprint:
+        pin = parse_fingerprint(args.fingerprint)
+        if pin is None:
+            parser.error(
+                f"--fingerprint: expected SHA256: and 64 hex digits, got {args.fingerprint!r}"
+            )
+        if args.cafile:
+            parser.error("--fingerprint and --cafile exclude each other (a pin replaces CAs)")
+    settings = TlsSettings(server_name=args.host, cafile=args.cafile, pin=pin)
     try:
-        args = build_parser().parse_args(argv)
+        tls_context(settings)
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        parser.error(f"--cafile {args.cafile}: cannot use it: {why}")
+    return settings
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.tls_settings = tls_settings(parser, args)
+        if args.port is None:
+            args.port = DEFAULT_TLS_PORT if args.tls_settings else DEFAULT_PORT
     except SystemExit as exc:  # --help, or a usage error already reported
         return exc.code if isinstance(exc.code, int) else int(ExitCode.USAGE)
+    args.password = None
+    if args.password_file:
+        try:
+            with open(args.password_file, "rb") as fh:
+                args.password = fh.readline().rstrip(b"\r\n")
+        except OSError as exc:
+            complain(f"cannot read the password file {args.password_file}: {describe(exc)}")
+            return int(ExitCode.USAGE)
     inbox = Inbox()
     inbox.catch_signals()
     if not sys.stdin.isatty():

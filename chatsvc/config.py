@@ -59,8 +59,15 @@ RESTART_KEYS = frozenset(
         "irc.port",
         "irc.server_name",
         "irc.network",
+        "irc.plain",
+        "irc.tls_port",
+        "server.plain",
+        "tls.host",
+        "tls.port",
+        "auth.store",
     }
 )
+TLS_VERSIONS = ("1.2", "1.3")
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,7 @@ class ServerConfig:
     max_clients_per_ip: int = 100
     listen_backlog: int = 1024
     shutdown_grace: float = 5.0
+    plain: bool = True  # false: no plain-text listener (TLS only, docs/tls.md)
 
 
 @dataclass(frozen=True)
@@ -133,9 +141,41 @@ class IrcConfig:
     network: str = "chatsvc"
     motd: str = ""  # empty: clients get 422 (no MOTD)
     topics: tuple[tuple[str, str], ...] = ()  # (room, topic); a table in the file
+    plain: bool = True  # false: IRC over TLS only
+    tls_port: int = -1  # -1: no IRC-over-TLS listener; usually 6697 ([tls] cert and key)
 
     def topic(self, room: str) -> str:
         return next((t for r, t in self.topics if r == room), "")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS listeners (docs/tls.md); on only when ``cert`` and ``key`` are both set."""
+
+    host: str = ""  # empty: the [server] host
+    port: int = 6322  # the line protocol over TLS; -1: none (IRC over TLS only)
+    cert: str = ""  # PEM: the certificate, then its chain
+    key: str = ""  # PEM private key
+    client_ca: str = ""  # set: client certificates are required and verified against it
+    handshake_timeout: float = 10.0
+    min_version: str = "1.2"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert and self.key)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Accounts (docs/accounts.md); ``open``: no passwords at all (the default)."""
+
+    mode: str = "open"  # open, registered, required
+    store: str = ""  # empty: $STATE_DIRECTORY/accounts.db or the documented default
+    allow_plaintext: bool = False  # passwords over plain TCP from other hosts
+    free_failures: int = 3  # failed logins per address / account before delays start
+    throttle_base: float = 1.0  # the first delay; each further failure doubles it
+    throttle_cap: float = 300.0  # the longest delay
+    throttle_forget: float = 900.0  # a key that stops failing is forgotten after this
 
 
 @dataclass(frozen=True)
@@ -147,6 +187,8 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     irc: IrcConfig = field(default_factory=IrcConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     source: Optional[str] = None  # the file it came from; None for built-in defaults
 
 
@@ -206,6 +248,12 @@ def _host(v: Any, bad: Bad) -> str:
 def _str(v: Any, bad: Bad) -> str:
     if not isinstance(v, str):
         raise bad("a string")
+    return v
+
+
+def _path(v: Any, bad: Bad) -> str:
+    if not isinstance(v, str) or "\0" in v or (v and not v.strip()):
+        raise bad('a file path (relative to the config file\'s directory), or "" for the default')
     return v
 
 
@@ -278,6 +326,18 @@ def _optional_host(v: Any, bad: Bad) -> str:
         raise bad('an IP address or host name, or "" for the [server] host') from None
 
 
+def _pem_path(v: Any, bad: Bad) -> str:
+    if not isinstance(v, str) or "\0" in v or (v and not os.path.isabs(v)):
+        raise bad('an absolute path to a PEM file, or "" for none')
+    return v
+
+
+def _tls_version(v: Any, bad: Bad) -> str:
+    if not isinstance(v, str) or v not in TLS_VERSIONS:
+        raise bad('"1.2" or "1.3" (nothing older is offered)')
+    return v
+
+
 _SERVER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
 _NETWORK_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
 MAX_TOPIC = 300  # characters; an IRC line is 512 bytes with the prefix and numerics
@@ -327,6 +387,7 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Validator]]] = {
             "max_clients_per_ip": _int(0, 1_000_000),
             "listen_backlog": _int(1, 65535),
             "shutdown_grace": _number(0, 3600),
+            "plain": _bool,
         },
     ),
     "rooms": (
@@ -382,6 +443,32 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Validator]]] = {
             "network": _network,
             "motd": _motd,
             "topics": _topics,
+            "plain": _bool,
+            "tls_port": _int(-1, 65535),
+        },
+    ),
+    "tls": (
+        TlsConfig,
+        {
+            "host": _optional_host,
+            "port": _int(-1, 65535),
+            "cert": _pem_path,
+            "key": _pem_path,
+            "client_ca": _pem_path,
+            "handshake_timeout": _number(0.5, 600),
+            "min_version": _tls_version,
+        },
+    ),
+    "auth": (
+        AuthConfig,
+        {
+            "mode": _choice("open", "registered", "required"),
+            "store": _path,
+            "allow_plaintext": _bool,
+            "free_failures": _int(0, 1000),
+            "throttle_base": _number(0, 3600),
+            "throttle_cap": _number(0, 86400),
+            "throttle_forget": _number(1, 30 * 86400),
         },
     ),
 }
@@ -463,7 +550,62 @@ def from_mapping(data: Mapping[str, Any], source: str | None = None) -> Config:
             repr(cfg.rooms.default),
         )
     _check_irc(cfg, where)
+    _check_tls(cfg, where)
+    if cfg.auth.throttle_cap < cfg.auth.throttle_base:
+        raise ConfigError(
+            where,
+            "auth.throttle_cap",
+            f"at least auth.throttle_base ({cfg.auth.throttle_base:g} s)",
+            f"{cfg.auth.throttle_cap:g}",
+        )
     return cfg
+
+
+def _check_tls(cfg: Config, where: str) -> None:
+    """Cross-section checks of [tls]: both files or neither, a listener left, distinct ports."""
+    tls = cfg.tls
+    if bool(tls.cert) != bool(tls.key):
+        missing = "tls.key" if tls.cert else "tls.cert"
+        raise ConfigError(where, missing, "set as well (tls.cert and tls.key go together)", '""')
+    if tls.client_ca and not tls.enabled:
+        raise ConfigError(where, "tls.client_ca", "tls.cert and tls.key set too", "them unset")
+    if not cfg.server.plain and not (tls.enabled and tls.port >= 0):
+        raise ConfigError(
+            where,
+            "server.plain",
+            "true unless a TLS listener is configured (tls.cert, tls.key, tls.port)",
+            "false",
+        )
+    if cfg.irc.enabled and not cfg.irc.plain and not (tls.enabled and cfg.irc.tls_port >= 0):
+        raise ConfigError(
+            where,
+            "irc.plain",
+            "true unless irc.tls_port and tls.cert/tls.key are set",
+            "false",
+        )
+    if cfg.irc.enabled and cfg.irc.tls_port >= 0 and not tls.enabled:
+        raise ConfigError(
+            where, "irc.tls_port", "-1 unless tls.cert and tls.key are set", str(cfg.irc.tls_port)
+        )
+    # Every listener that will exist needs a port of its own (0 = any free port).
+    ports: list[tuple[str, str, int]] = []
+    if cfg.server.plain:
+        ports.append(("server.port", cfg.server.host, cfg.server.port))
+    if tls.enabled and tls.port >= 0:
+        ports.append(("tls.port", tls.host or cfg.server.host, tls.port))
+    if cfg.irc.enabled:
+        irc_host = cfg.irc.host or cfg.server.host
+        if cfg.irc.plain:
+            ports.append(("irc.port", irc_host, cfg.irc.port))
+        if tls.enabled and cfg.irc.tls_port >= 0:
+            ports.append(("irc.tls_port", irc_host, cfg.irc.tls_port))
+    seen: dict[tuple[str, int], str] = {}
+    for key, host, port in ports:
+        if port and (host, port) in seen:
+            raise ConfigError(
+                where, key, f"a port other than {seen[(host, port)]} ({port})", str(port)
+            )
+        seen[(host, port)] = key
 
 
 def _check_irc(cfg: Config, where: str) -> None:

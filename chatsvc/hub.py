@@ -2,7 +2,8 @@
 
 Who calls in
   * each session's reader thread: ``add``/``login``/``say``/``join``/``private``/
-    ``tell``/``room_list``/``who``/``close``/``remove``;
+    ``tell``/``room_list``/``who``/``close``/``remove``; over TLS also ``poke``
+    (the writer has ciphertext of its own to send);
   * the accept loop (main thread): ``add``, ``reap``, ``apply`` (reload),
     ``begin_shutdown``, ``force_close_all``, ``announce``;
   * the writer threads: ``collect`` (take their mailbox) and ``sent``;
@@ -18,7 +19,9 @@ Lock discipline
   never around socket I/O or logging: methods return what to log, and wake the
   writers (a pipe write) after releasing it.  Because every line for a room is
   appended while the lock is held, all members of a room see the room's lines
-  in the same order.
+  in the same order.  The only other lock on a client's path is a TLS
+  connection's ``TlsChannel.lock`` (tls.py), a leaf: never held while calling
+  in here.
 
 Events
   The hub fans out typed events (``chatsvc.events``); each member's dialect
@@ -66,10 +69,10 @@ class Member:
     """One connection as the hub sees it.  Fields by owner:
 
     * fixed at creation, read by anyone: ``addr``, ``port``, ``connected_at``,
-      ``connected_mono``, ``link``, ``secure`` (came through a TLS listener);
-      ``dialect`` too, except that an IRC session may switch it through
-      ``Hub.set_dialect`` (under the lock) (the writer's per-connection
-      state; only the writer thread looks inside it);
+      ``connected_mono``, ``secure`` (came through a TLS listener), ``link``
+      (the writer's per-connection state; only the writer thread looks inside
+      it); ``dialect`` too, except that an IRC session may switch it through
+      ``Hub.set_dialect`` (under the lock);
     * written by the member's reader thread only, read without the lock by
       the reaper and the views (single attribute stores): ``last_active``,
       ``throttled``;
@@ -96,6 +99,7 @@ class Member:
         "rooms",
         "scheduled",
         "secure",
+        "slack",
         "throttled",
     )
 
@@ -124,6 +128,7 @@ class Member:
         self.msgs_sent = 0
         self.outbox: list[bytes] = []  # rendered lines the writer has not taken yet
         self.queued = 0  # bytes in ``outbox`` plus bytes the writer holds unsent
+        self.slack = 0  # how far a reply took ``queued`` past the bound (see Hub._put)
         self.scheduled = False  # on its mailbox's ``to_send`` list
         self.close_reason: Optional[str] = None  # set once closing began
         self.close_flush = True  # deliver what is queued before closing
@@ -319,19 +324,22 @@ class Hub:
     def _put(self, m: Member, event: Event, reply: bool = False) -> int:
         """Render ``event`` for ``m`` and append it to its outbox; lock held.
 
-        Past ``send_queue_bytes`` the member is cut (it stopped reading) -- except
-        for a ``reply`` to its own request while its queue is within the bound:
-        a reply the server generates may take the queue over the bound once, by
-        its own size, so asking never gets the asker cut.  Returns the bytes queued.
+        The send-queue bound (see ``collect``): a ``reply`` to the member's own
+        request, made while its queue is within ``send_queue_bytes``, may take
+        the queue over the bound once, by its own size (``slack``), so asking
+        never gets the asker cut.  Returns the bytes queued.
         """
         if m.close_reason is not None and not m.close_flush:
             return 0
         line = m.dialect.render(event)
         cap = self.cfg.limits.send_queue_bytes
         q = m.queued + len(line)
-        if q > cap and m.close_reason is None and not (reply and m.queued <= cap):
-            self._begin_close(m, "send_queue_exceeded", None, flush=False)
-            return 0
+        if q > cap + m.slack and m.close_reason is None:
+            if reply and m.queued <= cap:
+                m.slack = q - cap
+            elif q > 2 * cap + m.slack:
+                self._begin_close(m, "send_queue_exceeded", None, flush=False)
+                return 0
         m.queued = q
         m.outbox.append(line)
         if not m.scheduled:
@@ -351,7 +359,7 @@ class Hub:
 
         Lock held.
         """
-        cap = self.cfg.limits.send_queue_bytes
+        hard = 2 * self.cfg.limits.send_queue_bytes  # the bound at enqueue (see collect)
         over: list[Member] = []
         rendered: dict[Dialect, bytes] = {}
         dialect: Optional[Dialect] = None
@@ -366,7 +374,7 @@ class Hub:
                 line = rendered.get(dialect) or rendered.setdefault(dialect, dialect.render(event))
                 n = len(line)
             q = m.queued + n
-            if q > cap:
+            if q > hard + m.slack:
                 over.append(m)
                 continue
             m.queued = q
@@ -707,6 +715,20 @@ class Hub:
         with self.lock:
             m.dialect = dialect
 
+    def poke(self, m: Member) -> None:
+        """Schedule ``m``'s writer with nothing new to send.
+
+        A TLS reader calls it when reading produced ciphertext (an alert, a
+        key-update reply) that the writer must send; the reader holds no other
+        lock when it does.
+        """
+        with self.lock:
+            if not m.scheduled:
+                m.scheduled = True
+                m.mailbox.to_send.append(m)
+            owed = self._owed()
+        _wake(owed)
+
     def tell(self, m: Member, *evs: Event) -> None:
         """Events for one member only: replies to its commands, errors."""
         with self.lock:
@@ -1001,26 +1023,48 @@ class Hub:
     # --- the writers' side ---------------------------------------------------------
 
     def collect(self, box: Mailbox) -> Batch:
-        """Take a writer's mailbox: the bytes to send, the closes and retirements."""
+        """Take a writer's mailbox: the bytes to send, the closes and retirements.
+
+        The send-queue bound is judged here, where the count is exact: a member
+        whose writer still holds more than ``send_queue_bytes`` (plus a reply's
+        ``slack``) from earlier sends has stopped reading and is cut.  Judged at
+        enqueue time the count could still include bytes the writer had handed
+        to the kernel but not yet reported through ``sent``, and a client quick
+        to answer a long reply was cut for bytes it had already read.  Between
+        two collects the enqueueing side holds each queue to twice the bound.
+        """
         with self.lock:
             box.wake_owed = False
+            cap = self.cfg.limits.send_queue_bytes
             sends: list[tuple[Member, bytes]] = []
-            for m in box.to_send:
+            for m in box.to_send:  # a cut below may append (its leave notice): seen too
                 m.scheduled = False
                 out = m.outbox
                 if out:
-                    sends.append((m, b"".join(out) if len(out) > 1 else out[0]))
+                    data = b"".join(out) if len(out) > 1 else out[0]
+                    if m.queued - len(data) > cap + m.slack and m.close_reason is None:
+                        self._begin_close(m, "send_queue_exceeded", None, flush=False)
+                        continue
+                    sends.append((m, data))
                     m.outbox = []
+                else:  # poked: its writer has bytes of its own (TLS) to send
+                    sends.append((m, b""))
             closes = [(m, m.close_flush) for m in box.to_close]
             retires = [(m, m.close_flush) for m in box.to_retire]
             box.to_send, box.to_close, box.to_retire = [], [], []
-            return Batch(sends, closes, retires, box.stop)
+            batch = Batch(sends, closes, retires, box.stop)
+            owed = self._owed()  # a cut told its rooms: other writers may have work
+        _wake(owed)
+        return batch
 
     def sent(self, done: list[tuple[Member, int]]) -> None:
         """A writer sent (or dropped) these many bytes of these members' queues."""
         with self.lock:
+            cap = self.cfg.limits.send_queue_bytes
             for m, n in done:
                 m.queued -= n
+                if m.slack and m.queued <= cap:
+                    m.slack = 0
 
     def stop_writer(self, box: Mailbox) -> None:
         with self.lock:
@@ -1038,6 +1082,12 @@ class Hub:
         """Logged-in names, casefolded (the e2e tests check the name map with it)."""
         with self.lock:
             return list(self.by_name)
+
+    def holds_name(self, name: str) -> bool:
+        """Someone is logged in as ``name``, here or (as far as we know) on another node."""
+        key = name.casefold()
+        with self.lock:
+            return key in self.by_name or key in self.remote_nodes
 
     def room_members(self) -> dict[str, list[str]]:
         """Every room's members, other nodes' too (cluster mode)."""
@@ -1119,6 +1169,7 @@ def _user_view(m: Member, now: float, node: str = "") -> dict[str, Any]:
         "queued_bytes": m.queued,
         "messages": m.msgs_sent,
         "throttled": m.throttled,
+        "tls": m.secure,
     }
     if node:
         view["node"] = node

@@ -23,7 +23,17 @@ number):
   what is queued is delivered (with ``flush``) or at once.
 
 A :class:`Link` belongs to its writer thread alone; the only other thread that
-touches its socket is the member's reader, which only receives.
+touches its socket is the member's reader, which only receives (and, over TLS,
+sends its part of the handshake before the writer has anything to send).
+
+TLS links (``Link.tls``, a :class:`~chatsvc.tls.TlsChannel`) keep plaintext in
+``wbuf`` as plain links do and encrypt lazily: one chunk of at most one record
+(16 KiB) is encrypted only when no ciphertext is pending (``cbuf``), so a slow
+TLS client holds at most ``send_queue_bytes`` of plaintext plus about one
+record.  The hub's queue accounting is in plaintext bytes, reported when a
+chunk is encrypted.  A flushing close sends close_notify before ``SHUT_WR``.
+A member whose reader left ciphertext behind (an alert, a key-update reply) is
+scheduled with nothing to send (``Hub.poke``) and the writer sends it.
 
 Link states (``Link.state``)::
 
@@ -42,6 +52,7 @@ import time
 from typing import Optional
 
 from chatsvc.hub import Hub, Member
+from chatsvc.tls import RECORD, TlsChannel
 from chatsvc.wakeup import WakePipe, block_process_signals
 
 _SEND_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
@@ -53,11 +64,13 @@ OPEN, FLUSHING, LINGERING, SHUT, DONE = range(5)
 class Link:
     """A member's socket as its writer thread sees it.  Writer thread only."""
 
-    __slots__ = ("deadline", "gone", "polled", "sock", "state", "wbuf")
+    __slots__ = ("cbuf", "deadline", "gone", "polled", "sock", "state", "tls", "wbuf")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, tls: Optional[TlsChannel] = None) -> None:
         self.sock = sock
-        self.wbuf = b""  # taken from the outbox, not yet accepted by the kernel
+        self.wbuf = b""  # taken from the outbox, not yet accepted by the kernel (plaintext)
+        self.tls = tls  # None: a plain connection
+        self.cbuf = b""  # TLS only: ciphertext not yet accepted by the kernel
         self.state = OPEN
         self.deadline = 0.0  # FLUSHING or LINGERING ends here
         self.polled = False  # registered with epoll for EPOLLOUT
@@ -125,8 +138,9 @@ class OutboundWriter:
         batch = self.hub.collect(self.mailbox)
         done: list[tuple[Member, int]] = []  # (member, bytes sent or dropped)
         for m, data in batch.sends:
-            k = link_of(m)
-            k.wbuf = k.wbuf + data if k.wbuf else data
+            if data:  # empty: a TLS link has ciphertext of its own to send (Hub.poke)
+                k = link_of(m)
+                k.wbuf = k.wbuf + data if k.wbuf else data
         for m, flush in batch.closes:
             if link_of(m).state < SHUT:
                 self._start_close(m, flush, done)
@@ -134,9 +148,9 @@ class OutboundWriter:
             self._send(m, done)
         for m, _ in batch.sends:
             k = link_of(m)
-            if k.wbuf and not k.polled:
+            if (k.wbuf or k.tls is not None) and not k.polled:
                 self._send(m, done)
-            elif k.gone and not k.wbuf and k.state == FLUSHING:
+            elif k.gone and not k.wbuf and not k.cbuf and k.state == FLUSHING:
                 self._close(m)
         self._check_timed(done)
         for m, flush in batch.retires:
@@ -153,6 +167,9 @@ class OutboundWriter:
 
     def _send(self, m: Member, done: list[tuple[Member, int]]) -> None:
         k = link_of(m)
+        if k.tls is not None:
+            self._send_tls(m, k, k.tls, done)
+            return
         if not k.wbuf:
             return
         if k.state >= LINGERING:
@@ -188,6 +205,69 @@ class OutboundWriter:
                 self._by_fd[k.sock.fileno()] = m
                 self._ep.register(k.sock.fileno(), select.EPOLLOUT)
 
+    def _send_tls(self, m: Member, k: Link, ch: TlsChannel, done: list[tuple[Member, int]]) -> None:
+        """Encrypt a record at a time, only once the previous one is sent."""
+        if k.state >= LINGERING:
+            if k.wbuf:
+                done.append((m, len(k.wbuf)))
+                k.wbuf = b""
+            k.cbuf = b""
+            return
+        if not ch.established:
+            # Still handshaking (its reader sends that): nothing can be sent yet,
+            # and a close need not wait for it.
+            if k.state == FLUSHING:
+                if k.wbuf:
+                    done.append((m, len(k.wbuf)))
+                    k.wbuf = b""
+                self._shut_for_writing(m)
+            return
+        while True:
+            if not k.cbuf:
+                k.cbuf = ch.take_out()  # alerts, key-update replies
+            if not k.cbuf and k.wbuf:
+                chunk = k.wbuf[:RECORD]
+                k.wbuf = k.wbuf[RECORD:]
+                done.append((m, len(chunk)))  # the queue bound counts plaintext
+                try:
+                    k.cbuf = ch.encrypt(chunk)
+                except Exception:  # a broken TLS state: treat it like a reset
+                    k.cbuf = b""
+                    self._send_failed(m, k, done)
+                    return
+            if not k.cbuf:
+                break
+            try:
+                n = k.sock.send(k.cbuf, _SEND_FLAGS)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                k.cbuf = b""
+                self._send_failed(m, k, done)
+                return
+            k.cbuf = k.cbuf[n:]
+            if k.cbuf:
+                break  # the kernel is full
+        if k.cbuf or k.wbuf:
+            if not k.polled:
+                k.polled = True
+                self._by_fd[k.sock.fileno()] = m
+                self._ep.register(k.sock.fileno(), select.EPOLLOUT)
+            return
+        self._unpoll(m)
+        if k.state == FLUSHING:
+            self._shut_for_writing(m)
+
+    def _send_failed(self, m: Member, k: Link, done: list[tuple[Member, int]]) -> None:
+        """The peer is gone; its reader will notice.  Drop what cannot be sent."""
+        if k.wbuf:
+            done.append((m, len(k.wbuf)))
+            k.wbuf = b""
+        self._unpoll(m)
+        _shutdown(k, socket.SHUT_RDWR)
+        if k.gone:  # nobody left to wait for: free the descriptor now
+            self._close(m)
+
     def _unpoll(self, m: Member) -> None:
         k = link_of(m)
         if k.polled:
@@ -205,14 +285,15 @@ class OutboundWriter:
             k.state = FLUSHING
             k.deadline = time.monotonic() + self.flush_timeout
             self._timed[m] = None
-            if k.wbuf:
+            if k.wbuf or k.cbuf:
                 self._send(m, done)
-            if not k.wbuf and k.state == FLUSHING:
+            if not k.wbuf and not k.cbuf and k.state == FLUSHING:
                 self._shut_for_writing(m)
         else:
             if k.wbuf:
                 done.append((m, len(k.wbuf)))
                 k.wbuf = b""
+            k.cbuf = b""
             self._unpoll(m)
             self._timed.pop(m, None)
             k.state = SHUT
@@ -221,6 +302,8 @@ class OutboundWriter:
     def _shut_for_writing(self, m: Member) -> None:
         """Queue delivered: send EOF, then give the client ``linger`` to close."""
         k = link_of(m)
+        if k.tls is not None:
+            _close_notify(k, k.tls)
         if k.gone:  # the reader already saw the client's EOF: nothing to wait for
             self._close(m)
             return
@@ -240,6 +323,7 @@ class OutboundWriter:
                 if k.wbuf:
                     done.append((m, len(k.wbuf)))
                     k.wbuf = b""
+                k.cbuf = b""
                 self._unpoll(m)
             k.state = SHUT
             _shutdown(k, socket.SHUT_RDWR)
@@ -249,7 +333,7 @@ class OutboundWriter:
     def _retire(self, m: Member, flush: bool, done: list[tuple[Member, int]]) -> None:
         """The reader has ended.  Close now, or once what is queued is delivered."""
         k = link_of(m)
-        if flush and k.state in (OPEN, FLUSHING) and k.wbuf:
+        if flush and k.state in (OPEN, FLUSHING) and (k.wbuf or k.cbuf):
             k.gone = True
             if k.state == OPEN:
                 k.state = FLUSHING
@@ -264,7 +348,7 @@ class OutboundWriter:
         k = link_of(m)
         self._unpoll(m)
         self._timed.pop(m, None)
-        k.wbuf = b""
+        k.wbuf = k.cbuf = b""
         k.state = DONE
         k.sock.close()
 
@@ -275,6 +359,16 @@ class OutboundWriter:
                 k.sock.close()
         self._ep.close()
         self._wake.close()
+
+
+def _close_notify(k: Link, ch: TlsChannel) -> None:
+    """Best effort: one non-blocking send of our close_notify before EOF."""
+    try:
+        alert = ch.close_notify()
+        if alert:
+            k.sock.send(alert, _SEND_FLAGS)
+    except Exception:  # a full buffer, a gone peer, a broken TLS state: EOF follows anyway
+        pass
 
 
 def _shutdown(k: Link, how: int) -> None:

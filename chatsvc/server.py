@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import _thread
 import errno
+import functools
 import os
 import select
 import signal
 import socket
+import ssl
 import threading
 import time
 from typing import Any, Optional, Union
 
-from chatsvc import config, events, irc, logsetup, systemd
+from chatsvc import config, events, irc, logsetup, systemd, tls
+from chatsvc.accounts import Authenticator, StoreError
 from chatsvc.admin import AdminServer
 from chatsvc.config import Config
 from chatsvc.dialects import LINE, Dialect
@@ -45,6 +48,8 @@ WRITERS = 2
 # once per interval with a count instead of once per attempt.
 ACCEPT_BACKOFF = 0.5
 ACCEPT_LOG_INTERVAL = 5.0
+# Reloaded without a restart only while TLS stays on (its listeners exist).
+TLS_FILE_KEYS = frozenset({"tls.cert", "tls.key"})
 
 
 def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
@@ -84,20 +89,46 @@ class ChatServer:
         self.writers = [
             OutboundWriter(self.hub, name=f"chatsvc-writer-{i}") for i in range(WRITERS)
         ]
-        self.listener = listener or bind_listener(
-            cfg.server.host, cfg.server.port, cfg.server.listen_backlog
+        # TLS (docs/tls.md): the context is built first, so a bad certificate
+        # fails the start before anything listens.  New connections take the
+        # current context; a reload replaces it.
+        self.tls_context: Optional[ssl.SSLContext] = (
+            tls.server_context(cfg.tls) if cfg.tls.enabled else None
         )
-        self.listener.setblocking(False)
-        # The IRC listener (docs/irc.md): polled by the same loop, same limits.
-        self.irc_listener: Optional[socket.socket] = None
-        if cfg.irc.enabled:
-            try:
-                self.irc_listener = bind_listener(
-                    cfg.irc.host or cfg.server.host, cfg.irc.port, cfg.server.listen_backlog
+        # Every listener, polled by the same loop with the same limits, and its
+        # kind: (speaks IRC, is TLS).  ``listener`` is the line protocol's: the
+        # plain one, or the TLS one when the plain listener is off.
+        self._kinds: dict[socket.socket, tuple[bool, bool]] = {}
+        self.tls_listener: Optional[socket.socket] = None
+        self.irc_listener: Optional[socket.socket] = None  # docs/irc.md
+        self.irc_tls_listener: Optional[socket.socket] = None
+        backlog = cfg.server.listen_backlog
+        irc_host = cfg.irc.host or cfg.server.host
+        try:
+            if listener is not None and not cfg.server.plain and self.tls_context is not None:
+                # socket activation of a TLS-only server: systemd's socket speaks TLS
+                self.tls_listener = listener
+                self._kinds[listener] = (False, True)
+            elif cfg.server.plain or listener is not None:
+                plain = listener or bind_listener(cfg.server.host, cfg.server.port, backlog)
+                self._kinds[plain] = (False, False)
+            if self.tls_context is not None and cfg.tls.port >= 0 and self.tls_listener is None:
+                self.tls_listener = bind_listener(
+                    cfg.tls.host or cfg.server.host, cfg.tls.port, backlog
                 )
-            except BaseException:
-                self.listener.close()
-                raise
+                self._kinds[self.tls_listener] = (False, True)
+            if cfg.irc.enabled and cfg.irc.plain:
+                self.irc_listener = bind_listener(irc_host, cfg.irc.port, backlog)
+                self._kinds[self.irc_listener] = (True, False)
+            if cfg.irc.enabled and self.tls_context is not None and cfg.irc.tls_port >= 0:
+                self.irc_tls_listener = bind_listener(irc_host, cfg.irc.tls_port, backlog)
+                self._kinds[self.irc_tls_listener] = (True, True)
+        except BaseException:
+            self._close_listeners()
+            raise
+        line = [sock for sock, (is_irc, _) in self._kinds.items() if not is_irc]
+        self.listener = line[0] if line else next(iter(self._kinds))
+        self.listener.setblocking(False)
         self.stop_requested = False  # set by signal handlers and request_stop: stop now
         self.reload_requested = False  # set by the SIGHUP handler
         self.stop_reason: Optional[str] = None
@@ -121,17 +152,29 @@ class ChatServer:
             try:
                 self._join_cluster(cfg)
             except BaseException:
-                self.listener.close()
+                self._close_listeners()
+                raise
+        # Accounts (docs/accounts.md): the store opens at start unless the mode is "open".
+        self.auth = Authenticator(lambda: self.hub.cfg)
+        if cfg.auth.mode != "open":
+            try:
+                _ = self.auth.store
+            except BaseException as exc:
+                self._close_listeners()
+                if isinstance(exc, StoreError):
+                    raise StartupError(str(exc)) from None
                 raise
         self.admin: Optional[AdminServer] = None
         if admin_path:
             try:
                 self.admin = AdminServer(self, admin_path, admin_private_dir)
             except BaseException:
-                self.listener.close()
-                if self.irc_listener is not None:
-                    self.irc_listener.close()
+                self._close_listeners()
                 raise
+
+    def _close_listeners(self) -> None:
+        for sock in self._kinds:
+            sock.close()
 
     def _join_cluster(self, cfg: Config) -> None:
         """Cluster mode: Redis is imported only here (the embedded mode never loads it)."""
@@ -163,10 +206,15 @@ class ChatServer:
 
     @property
     def irc_address(self) -> Optional[tuple[str, int]]:
-        if self.irc_listener is None:
-            return None
-        host, port = self.irc_listener.getsockname()[:2]
-        return str(host), int(port)
+        return _address_of(self.irc_listener)
+
+    @property
+    def tls_address(self) -> Optional[tuple[str, int]]:
+        return _address_of(self.tls_listener)
+
+    @property
+    def irc_tls_address(self) -> Optional[tuple[str, int]]:
+        return _address_of(self.irc_tls_listener)
 
     @property
     def wakeup_fd(self) -> int:
@@ -203,8 +251,18 @@ class ChatServer:
             if self.overrides:
                 new = config.with_overrides(new, **self.overrides)
             changes = config.diff(self.cfg, new)
-            applied = [c for c in changes if c[0] not in config.RESTART_KEYS]
-            restart = [c for c in changes if c[0] in config.RESTART_KEYS]
+            restart_keys = config.RESTART_KEYS
+            if self.tls_context is None or not new.tls.enabled:
+                restart_keys = restart_keys | TLS_FILE_KEYS  # TLS on or off: a restart
+            applied = [c for c in changes if c[0] not in restart_keys]
+            restart = [c for c in changes if c[0] in restart_keys]
+            context = self._new_tls_context(new) if new.tls.enabled else None
+            fingerprint = tls.cert_fingerprint(new.tls.cert) if context is not None else ""
+            if context is not None and not check:
+                # Certificates are read again on every reload (renewed files keep
+                # their names); connections already established keep their own.
+                self.tls_context = context
+                logsetup.lifecycle.info("tls_reloaded", cert=new.tls.cert, fingerprint=fingerprint)
             if applied and not check:
                 systemd.reloading()
                 sections: dict[str, dict[str, Any]] = {}
@@ -221,6 +279,8 @@ class ChatServer:
                 "would_apply": [list(c) for c in applied] if check else [],
                 "restart_required": [list(c) for c in restart],
             }
+            if fingerprint:  # the certificate new TLS connections get (or would get)
+                result["tls_certificate"] = fingerprint
             logsetup.lifecycle.info(
                 "config_reloaded" if not check else "config_checked",
                 source=new.source,
@@ -228,6 +288,16 @@ class ChatServer:
                 restart_required=[c[0] for c in restart],
             )
             return result
+
+    def _new_tls_context(self, new: Config) -> Optional[ssl.SSLContext]:
+        """A context from the new files (None without TLS listeners); ConfigError if bad."""
+        if self.tls_context is None:
+            return None
+        try:
+            return tls.server_context(new.tls)
+        except ConfigError as exc:
+            logsetup.log.error("tls_reload_failed", file=exc.file, key=exc.key, error=str(exc))
+            raise
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -239,14 +309,22 @@ class ChatServer:
             self.admin.start()
         host, port = self.address
         irc_at = self.irc_address
+        tls_at, irc_tls_at = self.tls_address, self.irc_tls_address
         logsetup.lifecycle.info(
             "server_started",
             message=f"Server started on {host}:{port}"
-            + (f", IRC on {irc_at[0]}:{irc_at[1]}" if irc_at else ""),
+            + (" (TLS)" if self.listener is self.tls_listener else "")
+            + (f", TLS on {tls_at[0]}:{tls_at[1]}" if tls_at and tls_at != (host, port) else "")
+            + (f", IRC on {irc_at[0]}:{irc_at[1]}" if irc_at else "")
+            + (f", IRC over TLS on {irc_tls_at[0]}:{irc_tls_at[1]}" if irc_tls_at else ""),
             host=host,
             port=port,
+            plain=self.listener is not self.tls_listener,
             irc_host=irc_at[0] if irc_at else None,
             irc_port=irc_at[1] if irc_at else None,
+            tls_port=tls_at[1] if tls_at else None,
+            irc_tls_port=irc_tls_at[1] if irc_tls_at else None,
+            tls_fingerprint=tls.cert_fingerprint(self.cfg.tls.cert) if self.tls_context else None,
             rooms=list(self.cfg.rooms.names),
             pid=os.getpid(),
             admin_socket=self.admin.path if self.admin else None,
@@ -255,9 +333,7 @@ class ChatServer:
         self._watchdog = systemd.watchdog_interval()
         self.started.set()
         poller = select.poll()
-        listeners = {self.listener.fileno(): self.listener}
-        if self.irc_listener is not None:
-            listeners[self.irc_listener.fileno()] = self.irc_listener
+        listeners = {sock.fileno(): sock for sock in self._kinds}
         for fd in listeners:
             poller.register(fd, select.POLLIN)
         poller.register(self._wake.read_fd, select.POLLIN)
@@ -307,7 +383,7 @@ class ChatServer:
 
     def _accept_batch(self, listener: socket.socket) -> bool:
         """Accept what is waiting; False if out of descriptors (the caller backs off)."""
-        is_irc = listener is self.irc_listener
+        is_irc, is_tls = self._kinds[listener]
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, peer = listener.accept()
@@ -319,7 +395,7 @@ class ChatServer:
                     return False
                 self._accept_failed(exc)  # e.g. ECONNABORTED: that one is gone, go on
                 continue
-            self._admit(conn, peer, is_irc)
+            self._admit(conn, peer, is_irc, is_tls)
         return True
 
     def _out_of_descriptors(self, exc: OSError, listener: socket.socket) -> None:
@@ -334,7 +410,7 @@ class ChatServer:
         except OSError:
             pass
         else:
-            _refuse(conn, "no_resources", listener is self.irc_listener)
+            _refuse(conn, "no_resources", *self._kinds[listener])
         self._reserve_fd = _open_reserve()
 
     def _accept_failed(self, exc: OSError) -> None:
@@ -345,7 +421,9 @@ class ChatServer:
             self._accept_logged = now
             self._accept_failures = 0
 
-    def _admit(self, conn: socket.socket, peer: tuple[str, int], is_irc: bool = False) -> None:
+    def _admit(
+        self, conn: socket.socket, peer: tuple[str, int], is_irc: bool = False, is_tls: bool = False
+    ) -> None:
         addr, port = str(peer[0]), int(peer[1])
         conn.setblocking(True)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -356,33 +434,72 @@ class ChatServer:
         dialect: Dialect = LINE
         if is_irc:
             dialect = irc.dialect_for(self.cfg.irc.server_name, self.cfg.irc.network, frozenset())
-        member = Member(addr, port, dialect, Link(conn))
+        channel: Optional[tls.TlsChannel] = None
+        if is_tls:
+            assert self.tls_context is not None
+            channel = tls.TlsChannel(self.tls_context, conn)
+        member = Member(addr, port, dialect, Link(conn, channel), secure=is_tls)
         refused = self.hub.add(member)
         if refused is not None:
             logsetup.log.warning("client_rejected", addr=addr, port=port, reason=refused)
-            _refuse(conn, refused, is_irc)
+            _refuse(conn, refused, is_irc, is_tls)
             return
+        receive = None
+        if channel is not None:
+            channel.nudge = functools.partial(self.hub.poke, member)
+            receive = channel.recv
         session: Union[Session, irc.IrcSession] = (
-            irc.IrcSession(self.hub, member, conn) if is_irc else Session(self.hub, member, conn)
+            irc.IrcSession(self.hub, member, conn, self.auth, receive)
+            if is_irc
+            else Session(self.hub, member, conn, self.auth, receive)
         )
-        logsetup.log.info("client_connected", addr=addr, port=port, clients=self.hub.count())
+        logsetup.log.info(
+            "client_connected", addr=addr, port=port, clients=self.hub.count(), tls=is_tls
+        )
         # A bare thread: threading.Thread's start-up handshake doubles the cost of
         # starting one and its objects add ~1.5 KB per client (see bench/README.md).
         with self._live_lock:
             self._live += 1
         try:
-            _thread.start_new_thread(self._run_session, (session,))
+            _thread.start_new_thread(self._run_session, (session, channel))
         except RuntimeError as exc:  # cannot start a thread: refuse this one
             self._session_ended()
             logsetup.log.error("thread_start_failed", error=str(exc))
             self.hub.remove(member, "error")
 
-    def _run_session(self, session: Union[Session, irc.IrcSession]) -> None:
+    def _run_session(
+        self, session: Union[Session, irc.IrcSession], channel: Optional[tls.TlsChannel]
+    ) -> None:
         try:
             block_process_signals()
-            session.run()
+            if channel is None or self._handshake(session.member, channel):
+                session.run()
         finally:
             self._session_ended()
+
+    def _handshake(self, m: Member, channel: tls.TlsChannel) -> bool:
+        """The TLS handshake, in the client's reader thread; False: it failed and is closed.
+
+        Bounded by ``[tls] handshake_timeout`` from connect (the login timeout
+        still runs too); a silent client never holds up accept or anyone else.
+        """
+        deadline = m.connected_mono + self.cfg.tls.handshake_timeout
+        try:
+            channel.handshake(deadline)
+        except tls.TlsError as exc:
+            reason = exc.reason
+        except Exception as exc:  # a bug must cost one connection, never the server
+            logsetup.log.exception("tls_handshake_error", addr=m.addr, port=m.port)
+            reason = type(exc).__name__
+        else:
+            version, cipher = channel.details()
+            logsetup.log.debug(
+                "tls_established", addr=m.addr, port=m.port, version=version, cipher=cipher
+            )
+            return True
+        logsetup.log.info("tls_handshake_failed", addr=m.addr, port=m.port, reason=reason)
+        self.hub.remove(m, "tls_handshake_failed")
+        return False
 
     def _session_ended(self) -> None:
         with self._live_lock:
@@ -418,9 +535,7 @@ class ChatServer:
         logsetup.lifecycle.info(
             "server_stopping", clients=clients, reason=self.stop_reason, grace=grace
         )
-        self.listener.close()
-        if self.irc_listener is not None:
-            self.irc_listener.close()
+        self._close_listeners()
         self.hub.begin_shutdown(events.ShuttingDown(None, self.stop_reason))
         deadline = time.monotonic() + grace
         forced = not self._wait_sessions_gone(deadline)
@@ -433,6 +548,7 @@ class ChatServer:
             w.stop()
         if self.admin is not None:
             self.admin.stop()
+        self.auth.close()
         left = self.session_threads()
         stats = self.hub.stats()
         logsetup.lifecycle.info(
@@ -475,8 +591,25 @@ def _open_reserve() -> Optional[int]:
         return None
 
 
-def _refuse(conn: socket.socket, reason: str, is_irc: bool = False) -> None:
-    """Tell a connection why it is not served, and close it."""
+def _address_of(sock: Optional[socket.socket]) -> Optional[tuple[str, int]]:
+    if sock is None:
+        return None
+    host, port = sock.getsockname()[:2]
+    return str(host), int(port)
+
+
+def _refuse(conn: socket.socket, reason: str, is_irc: bool = False, is_tls: bool = False) -> None:
+    """Tell a connection why it is not served, and close it.
+
+    A TLS client gets no line (it expects a ServerHello, not text): just the close.
+    """
+    if is_tls:
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        conn.close()
+        return
     line = (
         irc.refusal_line(reason) if is_irc else LINE.render(events.error("refused", reason=reason))
     )

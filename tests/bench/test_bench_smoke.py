@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from bench.targets import make_target
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +39,27 @@ def test_quick_fanout_against_seed_delivers_every_message() -> None:
     assert "| fanout" in proc.stderr  # the comparison table
 
 
+@pytest.mark.timeout(120)
+def test_quick_idle_over_tls_logs_every_client_in() -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed (chatsvc-tls needs it)")
+    argv = [sys.executable, "-m", "bench", "--scenario", "idle", "--tls", "--targets", "chatsvc"]
+    proc = subprocess.run(
+        [*argv, "--quick", "--workers", "1", "--idle-clients", "50"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["scenario"], r["target"], r["status"]) for r in records] == [
+        ("idle", "chatsvc-tls", "ok")
+    ], proc.stderr[-3000:]
+    assert records[0]["figures"]["ok"] == 50
+
+
 @pytest.mark.timeout(60)
 def test_probe_measures_a_target_against_the_floor_in_the_same_run() -> None:
     argv = [sys.executable, "-m", "bench.probe", "--targets", "seed", "--repeat", "1"]
@@ -56,6 +80,35 @@ def test_probe_measures_a_target_against_the_floor_in_the_same_run() -> None:
     assert seed["floor_delivered"] == seed["floor_expected"] == 50 * 20
     assert seed["p99_x_floor"] == round(seed["p99_ms"] / seed["floor_p99_ms"], 2)
     assert "| seed | 1 |" in proc.stderr  # the summary table
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("target", ["chatsvc-irc", "inspircd", "ngircd"])
+def test_quick_irc_runs_deliver_every_message(target: str) -> None:
+    """The IRC targets: registration, JOIN after the MOTD, the closed loop's acks."""
+    reason = make_target(target).unavailable()
+    if reason:
+        pytest.skip(reason)
+    argv = [sys.executable, "-m", "bench", "--scenario", "fanout,saturate", "--targets", target]
+    proc = subprocess.run(
+        [*argv, "--quick", "--workers", "2", "--seconds", "1", "--max-minutes", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["scenario"], r["target"], r["status"]) for r in records] == [
+        ("fanout", target, "ok"),
+        ("saturate", target, "ok"),
+    ], proc.stderr[-3000:]
+    fanout, saturate = (r["figures"] for r in records)
+    assert fanout["expected"] > 0
+    assert fanout["delivered"] == fanout["expected"]
+    assert fanout["lost"] == 0
+    assert saturate["delivered_per_s"] > 0
 
 
 @pytest.mark.cluster
