@@ -187,10 +187,28 @@ class RoomBackend(Protocol):
 
     def send_private(self, node: str, event: events.Private) -> bool: ...
 
-    def kick_remote(self, node: str, name: str, reason: str, ban_seconds: float) -> None: ...
+    def kick_remote(
+        self, node: str, name: str, reason: str, ban_seconds: float, ban_address: bool = False
+    ) -> None: ...
 
     def ban_name(self, key: str, seconds: float) -> None:
         """Share a name ban (0 seconds: lift it)."""
+        ...
+
+    def ban_address(self, address: str, seconds: float, reason: str) -> None:
+        """Share an address ban: every node refuses it and closes its connections."""
+        ...
+
+    def unban(self, kind: str, what: str) -> None:
+        """Lift a name or address ban on every node."""
+        ...
+
+    def ban_known(self, kind: str, what: str) -> bool:
+        """A shared ban in force on a name or address (an admin thread; may wait)."""
+        ...
+
+    def bans(self) -> Optional[list[dict[str, Any]]]:
+        """Every shared ban, None if the cluster cannot say (an admin thread; may wait)."""
         ...
 
     def nodes(self) -> list[dict[str, Any]]:
@@ -226,11 +244,25 @@ class LocalBackend:
     def send_private(self, node: str, event: events.Private) -> bool:
         return False
 
-    def kick_remote(self, node: str, name: str, reason: str, ban_seconds: float) -> None:
+    def kick_remote(
+        self, node: str, name: str, reason: str, ban_seconds: float, ban_address: bool = False
+    ) -> None:
         pass
 
     def ban_name(self, key: str, seconds: float) -> None:
         pass
+
+    def ban_address(self, address: str, seconds: float, reason: str) -> None:
+        pass
+
+    def unban(self, kind: str, what: str) -> None:
+        pass
+
+    def ban_known(self, kind: str, what: str) -> bool:
+        return False
+
+    def bans(self) -> Optional[list[dict[str, Any]]]:
+        return None
 
     def nodes(self) -> list[dict[str, Any]]:
         return []
@@ -243,6 +275,7 @@ class KickResult(NamedTuple):
     name_banned: bool  # the name is banned (until the ban's expiry)
     address: Optional[str]  # the address banned too (only known for a kicked user)
     also_closed: int  # other connections from that address closed by the address ban
+    address_node: Optional[str] = None  # another node's member: that node bans its address
 
 
 class Hub:
@@ -465,6 +498,9 @@ class Hub:
             if taken:
                 return events.error("name_taken", name=name)
             claimed = self.backend.claim(m, key)
+            if claimed is not None and claimed.code == "refused":  # a cluster-wide address ban
+                self.close(m, "banned", claimed)
+                return claimed
             if claimed is not None:
                 if claimed.code in ("name_taken", "name_banned"):  # worded as typed
                     return events.error(claimed.code, **{**claimed.params, "name": name})
@@ -829,11 +865,13 @@ class Hub:
             m = self.by_name.get(key)
             if ban_seconds > 0:
                 self.bans[key] = time.monotonic() + ban_seconds
-                self.backend.ban_name(key, ban_seconds)
+                if forward:  # (a kick forwarded here: the node asked shared it)
+                    self.backend.ban_name(key, ban_seconds)
             kicked = m is not None and m.close_reason is None
             node = self.remote_nodes.get(key) if m is None and forward else None
+            by_node = ban_address and ban_seconds > 0
             if node is not None:  # a member of another node: its node kicks it
-                self.backend.kick_remote(node, name, reason, ban_seconds)
+                self.backend.kick_remote(node, name, reason, ban_seconds, by_node)
                 kicked = True
             if m is not None and kicked:
                 self.kicks += 1
@@ -843,10 +881,12 @@ class Hub:
                 if ban_address and ban_seconds > 0:
                     address = m.addr
                     self.address_bans[address] = time.monotonic() + ban_seconds
+                    self.backend.ban_address(address, ban_seconds, reason)
                     also = self._close_address(address, reason)
             owed = self._owed()
         _wake(owed)
-        return KickResult(kicked, ban_seconds > 0, address, also)
+        address_node = node if node is not None and by_node else None
+        return KickResult(kicked, ban_seconds > 0, address, also, address_node)
 
     def _close_address(self, address: str, reason: str) -> int:
         """Close every open connection from ``address`` as kicked; lock held."""
@@ -859,38 +899,59 @@ class Hub:
                 n += 1
         return n
 
-    def ban_address(self, address: str, seconds: float, reason: str) -> int:
-        """Ban an address for ``seconds``; closes its connections, returns how many."""
+    def ban_address(self, address: str, seconds: float, reason: str, forward: bool = True) -> int:
+        """Ban an address for ``seconds``; closes its connections, returns how many.
+
+        In cluster mode the ban is shared (``forward``): every node closes that
+        address's connections and refuses it at login.
+        """
         with self.lock:
             self.address_bans[address] = time.monotonic() + seconds
+            if forward:
+                self.backend.ban_address(address, seconds, reason)
             n = self._close_address(address, reason)
             self.kicks += n
             owed = self._owed()
         _wake(owed)
         return n
 
-    def unban(self, name: Optional[str] = None, address: Optional[str] = None) -> bool:
-        """Lift a name or address ban; False if there was none."""
+    def unban(
+        self, name: Optional[str] = None, address: Optional[str] = None, forward: bool = True
+    ) -> bool:
+        """Lift a name or address ban; False if there was none.
+
+        In cluster mode (``forward``) the ban is lifted on every node, and it
+        counts as found if any node had set it.
+        """
+        kind, what = ("name", name.casefold()) if name is not None else ("address", address or "")
+        shared = forward and self.backend.spans_nodes and self.backend.ban_known(kind, what)
         with self.lock:
-            found = False
-            if name is not None:
-                found = self.bans.pop(name.casefold(), None) is not None
-                self.backend.ban_name(name.casefold(), 0)
-            if address is not None:
-                found = self.address_bans.pop(address, None) is not None or found
-            return found
+            if kind == "name":
+                found = self.bans.pop(what, None) is not None
+            else:
+                found = self.address_bans.pop(what, None) is not None
+            if forward:
+                self.backend.unban(kind, what)
+        return found or shared
 
     def ban_list(self) -> list[dict[str, Any]]:
-        """Bans in force: kind, what, seconds left."""
+        """Bans in force: kind, what, seconds left (cluster mode: every node's, and whose)."""
+        shared = self.backend.bans() if self.backend.spans_nodes else None
         now = time.monotonic()
         with self.lock:
             names = [("name", k, e) for k, e in self.bans.items()]
             addrs = [("address", a, e) for a, e in self.address_bans.items()]
-        return [
-            {"kind": kind, "what": what, "expires_in": round(expiry - now, 1)}
+        node = {"node": self.backend.node_id} if self.backend.spans_nodes else {}
+        local = [
+            {"kind": kind, "what": what, "expires_in": round(expiry - now, 1), **node}
             for kind, what, expiry in names + addrs
             if expiry > now
         ]
+        if shared is None:
+            return local
+        # The cluster's list, plus this node's bans it does not have yet (queued).
+        known = {(b["kind"], b["what"]) for b in shared}
+        return shared + [b for b in local if (b["kind"], b["what"]) not in known]
 
     def announce(self, event: RoomEvent, room: Optional[str] = None, local: bool = False) -> int:
         """A server event to one room or to every room; how many members got it.

@@ -109,3 +109,27 @@ def test_quick_irc_runs_deliver_every_message(target: str) -> None:
     assert fanout["delivered"] == fanout["expected"]
     assert fanout["lost"] == 0
     assert saturate["delivered_per_s"] > 0
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_cluster_soak_smoke_checks_a_clean_history_under_faults() -> None:
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    pytest.importorskip("redis")
+    argv = [sys.executable, "-m", "bench.cluster", "--soak", "12", "--soak-nodes", "2"]
+    proc = subprocess.run(
+        [*argv, "--soak-gap", "1.5", "--soak-rate", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["ok"] and result["sent"] > 100, result
+    assert sum(result["faults"].values()) >= 2, result
+    assert (result["lost"], result["duplicated"], result["reordered"]) == (0, 0, 0), result

@@ -94,6 +94,8 @@ def test_a_killed_node_is_announced_gone_and_its_names_freed_within_10_s(node: N
     carol = logged_in(a.host, a.port, "carol")
     dave = logged_in(b.host, b.port, "dave")
     carol.expect("* dave joined lobby")
+    carol.send("hello")  # after carol's join: once dave has it, so has the cluster
+    dave.expect("[lobby] carol: hello")
     start = time.monotonic()
     a.proc.kill()
     dave.expect("* carol left lobby (connection lost)", timeout=10)

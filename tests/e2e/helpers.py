@@ -40,8 +40,12 @@ def wait_until(
 class RawClient:
     """A line-oriented TCP client whose every read has a deadline."""
 
-    def __init__(self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT, source: Optional[str] = None
+    ) -> None:
+        """``source``: the local address to connect from (another loopback address)."""
+        bind = (source, 0) if source is not None else None
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=bind)
         self.timeout = timeout
         self._buf = b""
         self.eof = False
