@@ -292,7 +292,11 @@ class IrcDialect:
             events.Raw: lambda e: e.text,
             events.Presence: self._presence,
             events.Away: lambda e: (
-                "" if not away else line(self.mask(e.name), "AWAY", *([e.text] if e.text else []))
+                ""
+                if not away
+                else line(self.mask(e.name), "AWAY", e.text, colon=True)
+                if e.text
+                else line(self.mask(e.name), "AWAY")
             ),
             events.RealName: lambda e: (
                 line(self.mask(e.name), "SETNAME", e.realname, colon=True) if setname else ""
