@@ -97,7 +97,7 @@ def parse_line(raw: bytes) -> Optional[Message]:
     """One line (terminator removed) to a Message; None for a blank line.
 
     Raises IrcParseError for a line over the limits (512 bytes with CRLF, plus
-    8191 for tags) or one that is not UTF-8.
+    4096 for a client's tags) or one that is not UTF-8.
     """
     tags: dict[str, str] = {}
     if raw.startswith(b"@"):
