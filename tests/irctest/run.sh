@@ -83,14 +83,20 @@ run() {  # run NAME CONTROLLER_MODULE JOBS [PYTEST ARGS...]: the outcomes in $OU
     shift 3
     echo "=== irctest: $name ==="
     local pids=()
+    # irctest records the ports it hands out in $TMPDIR/irctest_ports.json and
+    # locks that file only under pytest-xdist (PYTEST_XDIST_WORKER set): our
+    # processes share a private TMPDIR (no other run's unlocked writes) and lock.
+    mkdir -p "$OUT/tmp"
     for ((i = 0; i < jobs; i++)); do
         (cd "$IRCTEST" && PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" SHARD=$i SHARDS=$jobs \
-            "$PY" -m pytest -p no:cacheprovider -q --controller "$controller" -m "$MARKERS" \
+            TMPDIR="$OUT/tmp" PYTEST_XDIST_WORKER="shard$i" exec "$PY" -m pytest -p no:cacheprovider -q --controller "$controller" -m "$MARKERS" \
             -p tests.irctest.shard --junitxml "$OUT/$name.$i.xml" "$@" \
             >"$OUT/$name.$i.log" 2>&1) &
         pids+=($!)
     done
+    trap 'kill -INT "${pids[@]}" 2>/dev/null; wait; exit 130' INT TERM
     for i in "${pids[@]}"; do wait "$i" || true; done
+    trap - INT TERM
     outcomes "$OUT/$name".*.xml | sort >"$OUT/$name.outcomes"
     summary "$name" <"$OUT/$name.outcomes"
 }
