@@ -400,11 +400,12 @@ class Hub:
             old, new = event.old.casefold(), event.new.casefold()
             self.remote_rooms[room].pop(old, None)
             self.remote_rooms[room][new] = event.new
-            gone = self.remote_nodes.pop(old, None) is not None and old != new
-            if gone:
-                self._presence(old, event.old, False)
-            if gone or new not in self.remote_nodes:
-                self._presence(new, event.new, True)
+            known = self.remote_nodes.pop(old, None) is not None
+            if old != new:  # a change of case only is no news to watchers
+                if known:
+                    self._presence(old, event.old, False)
+                if new not in self.remote_nodes:
+                    self._presence(new, event.new, True)
             self.remote_nodes[new] = node
         elif isinstance(event, (events.Left, events.Kicked)):
             key = event.name.casefold()

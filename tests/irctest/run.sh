@@ -99,6 +99,18 @@ run() {  # run NAME CONTROLLER_MODULE JOBS [PYTEST ARGS...]: the outcomes in $OU
     trap - INT TERM
     outcomes "$OUT/$name".*.xml | sort >"$OUT/$name.outcomes"
     summary "$name" <"$OUT/$name.outcomes"
+    leftovers
+}
+
+leftovers() {  # servers of this run still running (their configs are under $OUT/tmp)
+    local pid found=()
+    for pid in $(pgrep -f -- "$OUT/tmp/" || true); do
+        [ "$pid" != $$ ] && found+=("$pid")
+    done
+    if [ ${#found[@]} -gt 0 ]; then
+        echo "irctest: ${#found[@]} server(s) left running, stopping them: ${found[*]}"
+        kill "${found[@]}" 2>/dev/null || true
+    fi
 }
 
 if [ -n "$EXPECTED" ]; then

@@ -81,6 +81,12 @@ def test_other_nodes_members_come_and_go_through_the_mirror_without_flapping() -
     hub.deliver_remote("lobby", events.Joined("lobby", "rob"), origin="n2")  # /join elsewhere
     assert take(hub, watcher) == []
     assert hub.watched(watcher) == [("rob", "rob")]
+    hub.deliver_remote("lobby", events.Renamed("lobby", "rob", "ROB"), origin="n2")
+    assert take(hub, watcher) == []  # a change of case only
+    hub.deliver_remote("lobby", events.Renamed("lobby", "ROB", "robin"), origin="n2")
+    assert take(hub, watcher) == [":srv 731 * :ROB"]
+    hub.deliver_remote("lobby", events.Renamed("lobby", "robin", "rob"), origin="n2")
+    assert take(hub, watcher) == [":srv 730 * :rob!rob@srv"]
     hub.deliver_remote("lobby", events.Left("lobby", "rob", "eof"), origin="n2")
     assert take(hub, watcher) == [":srv 731 * :rob"]
     hub.set_remote({"rob": ("rob", "n2", ["lobby"])})  # a resync that shows rob again
