@@ -48,7 +48,8 @@ IRCTEST=$(cd "$IRCTEST" && pwd)
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/irctest.XXXXXX")
 echo "irctest results in $OUT"
 
-# Outcomes from junit files: "ID OUTCOME" lines (ID as pytest names the test).
+# Outcomes from junit files: "ID<TAB>OUTCOME" lines (ID as pytest names the test;
+# parametrized ids may contain spaces).
 outcomes() {
     "$PY" - "$@" <<'PY'
 import sys
@@ -68,12 +69,12 @@ for path in sys.argv[1:]:
             outcome = "failed"
         else:
             outcome = "passed"
-        print(test, outcome)
+        print(f"{test}\t{outcome}")
 PY
 }
 
 summary() {  # summary NAME < "ID OUTCOME" lines
-    awk -v name="$1" '{ n[$2]++; t++ } END {
+    awk -F '\t' -v name="$1" '{ n[$2]++; t++ } END {
         printf "%s: %d passed, %d failed, %d skipped, %d xfailed (of %d)\n",
             name, n["passed"], n["failed"], n["skipped"], n["xfailed"], t }'
 }
@@ -116,11 +117,11 @@ leftovers() {  # servers of this run still running (their configs are under $OUT
 if [ -n "$EXPECTED" ]; then
     mapfile -t wanted < <(grep -v '^#' "$EXPECTED" | grep .)
     run chatsvc tests.irctest.chatsvc_controller "$JOBS" "$@" "${wanted[@]}"
-    missing=$(awk 'NR == FNR { if ($2 == "passed") ok[$1] = 1; next } !($1 in ok)' \
+    missing=$(awk -F '\t' 'NR == FNR { if ($2 == "passed") ok[$1] = 1; next } !($1 in ok)' \
         "$OUT/chatsvc.outcomes" <(printf '%s\n' "${wanted[@]}"))
     if [ -n "$missing" ]; then
         echo "irctest: tests that passed before and do not now (logs in $OUT):"
-        printf '  %s\n' $missing
+        printf '%s\n' "$missing" | sed 's/^/  /'
         exit 1
     fi
     echo "irctest: all ${#wanted[@]} expected tests passed"
@@ -132,7 +133,7 @@ if [ "$ONLY" != ngircd ]; then
     if [ -n "$RECORD" ]; then
         {
             echo "# irctest tests chatsvc passes (tests/irctest/run.sh --record; the CI gate)"
-            awk '$2 == "passed" { print $1 }' "$OUT/chatsvc.outcomes"
+            awk -F '\t' '$2 == "passed" { print $1 }' "$OUT/chatsvc.outcomes"
         } >"$RECORD"
     fi
 fi
