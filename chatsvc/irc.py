@@ -1135,7 +1135,7 @@ class IrcSession:
         elif sub == "S":
             self.send(*self._presence_lines(self.hub.watched(self.member)))
         else:
-            self.reply("421", "MONITOR " + msg.params[0], "Unknown MONITOR subcommand")
+            self.reply("421", "MONITOR", f"Unknown MONITOR subcommand {sub.strip()[:20]}")
 
     def _presence_lines(self, status: list[tuple[str, Optional[str]]]) -> list[str]:
         online = [f"{n}!{IDENTS.get(n).user}@{self.server_name}" for _, n in status if n]

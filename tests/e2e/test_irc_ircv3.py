@@ -25,6 +25,10 @@ def test_monitor_follows_line_protocol_users_logging_in_and_out(irc_server: Any)
         alice.send("MONITOR L")
         assert alice.expect(" 732 ") == ":chatsvc 732 alice :bob"
         assert " 733 alice " in alice.expect(" 733 ")
+        alice.send("MONITOR X :y z")
+        assert alice.expect(" 421 ") == ":chatsvc 421 alice MONITOR :Unknown MONITOR subcommand X"
+        alice.send("MONITOR")
+        assert " 461 alice MONITOR " in alice.expect(" 461 ")
         alice.send("MONITOR C")
         alice.send("MONITOR L")
         assert " 733 " in alice.expect(re.compile(" 73[23] "))
