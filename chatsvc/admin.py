@@ -29,6 +29,7 @@ import time
 from typing import Any, Callable, Optional, Protocol
 
 from chatsvc import __version__, config, events, logsetup, protocol
+from chatsvc.accounts import Authenticator, StoreError
 from chatsvc.adminpath import ensure_private_dir
 from chatsvc.adminproto import (
     DEFAULT_BAN_REASON,
@@ -417,7 +418,58 @@ class AdminServer:
         return {"users": self.hub.users()}, None
 
     def admin_stats(self, args: dict[str, Any]) -> Result:
-        return {"version": __version__, **self.hub.stats()}, None
+        auth = self._auth(required=False)
+        extra = {"auth": auth.stats()} if auth is not None else {}
+        return {"version": __version__, **self.hub.stats(), **extra}, None
+
+    # --- accounts (docs/accounts.md): hashing runs here, in the admin thread -------------
+    # A password is in ``args`` only: never in a log line, the audit or a reply.
+
+    def _auth(self, required: bool = True) -> Optional[Authenticator]:
+        auth: Optional[Authenticator] = getattr(self.host, "auth", None)
+        if auth is None and required:
+            raise RequestFailed(Code.FAILED, "this server has no account store")
+        return auth
+
+    def _accounts(self, action: Callable[[Authenticator], Any]) -> Any:
+        auth = self._auth()
+        assert auth is not None
+        try:
+            return action(auth)
+        except StoreError as exc:
+            raise RequestFailed(Code.FAILED, f"account store unavailable: {exc}") from None
+
+    def admin_account(self, args: dict[str, Any]) -> Result:
+        """``account`` with ``action`` add, passwd, del or list."""
+        action: str = args["action"]
+        if action == "list":
+            auth = self._auth()
+            assert auth is not None
+            return {"mode": auth.mode, "accounts": self._accounts(lambda a: a.list())}, None
+        name: str = args["name"]
+        longest = self.host.config().limits.name_max_length
+        if action == "add" and len(name) > longest:
+            raise RequestFailed(
+                Code.FAILED,
+                f"{name!r} is longer than users may log in with "
+                f"([limits] name_max_length = {longest})",
+            )
+        if action == "add":
+            if not self._accounts(lambda a: a.add(name, args["password"])):
+                raise RequestFailed(Code.FAILED, f"account {name} exists already")
+            logsetup.log.info("account_added", name=name)
+            return {"action": action, "name": name, "added": True}, name
+        if action == "passwd":
+            if not self._accounts(lambda a: a.passwd(name, args["password"])):
+                raise RequestFailed(Code.NOT_FOUND, f"no account {name}")
+            logsetup.log.info("account_password_changed", name=name)
+            return {"action": action, "name": name, "changed": True}, name
+        if not self._accounts(lambda a: a.delete(name)):
+            raise RequestFailed(Code.NOT_FOUND, f"no account {name}")
+        # Real services end the sessions of a deleted account: so do we (on any node).
+        kicked = self.hub.kick(name, "account deleted").kicked
+        logsetup.log.info("account_deleted", name=name, disconnected=kicked)
+        return {"action": action, "name": name, "deleted": True, "disconnected": kicked}, name
 
     def admin_kick(self, args: dict[str, Any]) -> Result:
         name: str = args["name"]

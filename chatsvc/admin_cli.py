@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import getpass
 import grp
 import json
 import os
@@ -374,13 +375,19 @@ def _yes_no(v: object) -> str:
     return str(v)
 
 
+def _uptime(seconds: float) -> str:
+    """``2h07m (7620.4 s)``; under a minute the short form alone (``42s``), not the figure twice."""
+    short = format_duration(seconds)
+    return short if seconds < 60 else f"{short} ({seconds:g} s)"
+
+
 def _counts(counts: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
 
 
 STAT_FORMATS: dict[str, Callable[[Any], str]] = {
     "version": str,
-    "uptime": lambda v: f"{format_duration(float(v))} ({float(v):g} s)",
+    "uptime": lambda v: _uptime(float(v)),
     "clients": str,
     "logged_in": str,
     "rooms": _counts,
@@ -493,6 +500,34 @@ def format_shutdown(result: Mapping[str, Any]) -> str:
     return f"chatsvc shutting down in {delay:g} s" if delay else "chatsvc shutting down now"
 
 
+def format_account(result: Mapping[str, Any]) -> str:
+    if "accounts" in result:
+        return format_accounts(result)
+    name = result["name"]
+    if result.get("added"):
+        return f"added account {name}"
+    if result.get("changed"):
+        return f"changed the password of {name}"
+    text = f"deleted account {name}"
+    return text + ("; the user was disconnected" if result.get("disconnected") else "")
+
+
+def format_accounts(result: Mapping[str, Any]) -> str:
+    accounts = result["accounts"]
+    head = f"mode: {result.get('mode', '?')}"
+    if not accounts:
+        return head + "\nno accounts"
+    rows = [
+        (
+            a["name"],
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(float(a["created"]))),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(float(a["changed"]))),
+        )
+        for a in accounts
+    ]
+    return head + "\n" + table(["NAME", "CREATED", "PASSWORD CHANGED"], rows)
+
+
 FORMATTERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "rooms": format_rooms,
     "users": format_users,
@@ -505,6 +540,7 @@ FORMATTERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "nodes": format_nodes,
     "broadcast": format_broadcast,
     "shutdown": format_shutdown,
+    "account": format_account,
 }
 
 
@@ -602,7 +638,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="announce now, stop after this many seconds",
     )
     stop.add_argument("--reason", metavar="TEXT", help="told to the clients")
+    account = sub.add_parser("account", help="user accounts (add, passwd, del, list)")
+    acts = account.add_subparsers(dest="account_cmd", metavar="ACTION", required=True)
+    for action, text in (("add", "create an account"), ("passwd", "set a new password")):
+        a = acts.add_parser(action, help=text)
+        a.add_argument("name")
+        a.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password as one line from stdin (for scripts); "
+            "default: ask twice on the terminal without echo",
+        )
+    delete = acts.add_parser("del", help="delete an account (its user is disconnected)")
+    delete.add_argument("name")
+    acts.add_parser("list", help="the accounts")
     return p
+
+
+def read_new_password(from_stdin: bool, stdin: Optional[Any] = None) -> str:
+    """The new password: one line from stdin, or typed twice without echo."""
+    stream = sys.stdin if stdin is None else stdin
+    if from_stdin:
+        line = stream.readline()
+        if not line:
+            raise UsageError("--password-stdin: no password on stdin")
+        return str(line).rstrip("\r\n")
+    if not stream.isatty():
+        raise UsageError("stdin is not a terminal: give the password with --password-stdin")
+    try:
+        first = getpass.getpass("New password: ")
+        again = getpass.getpass("Repeat it: ")
+    except (EOFError, KeyboardInterrupt):
+        raise UsageError("no password given") from None
+    if first != again:
+        raise UsageError("the passwords do not match; nothing was changed")
+    return first
 
 
 # The command-line option for each request argument, for usage errors.
@@ -616,6 +686,7 @@ OPTION_OF = {
     "address": "--address",
     "name": "NAME",
     "text": "TEXT",
+    "password": "password",
 }
 
 
@@ -646,6 +717,12 @@ def request_args(args: argparse.Namespace) -> dict[str, Any]:
             out["room"] = args.room
     elif args.command == "reload":
         out["check"] = args.check
+    elif args.command == "account":
+        out["action"] = args.account_cmd
+        if args.account_cmd != "list":
+            out["name"] = args.name
+        if args.account_cmd in ("add", "passwd"):
+            out["password"] = read_new_password(args.password_stdin)
     elif args.command == "shutdown":
         if args.delay is not None:
             out["in"] = _number(args.delay)

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Callable, Final, NamedTuple, Optional
 
-from chatsvc.protocol import text_problem
+from chatsvc.protocol import check_name, text_problem
 
 PROTOCOL_VERSION: Final = 1
 SERVER_NAME: Final = "chatsvc"
@@ -32,6 +32,7 @@ MAX_REPLY_BYTES: Final = 64 << 20  # a users list of 10,000 clients is a few MB
 MAX_DEPTH: Final = 32
 MAX_TEXT_CHARS: Final = 400
 MAX_NAME_CHARS: Final = 64
+MAX_PASSWORD_BYTES: Final = 1024
 MAX_SECONDS: Final = 1e9  # about 31 years: finite, so deadlines stay ordinary floats
 
 DEFAULT_KICK_REASON: Final = "kicked by an operator"
@@ -229,6 +230,42 @@ def _address(arg: str, value: Any) -> str:
         raise BadArgument(arg, f"must be an IP address, not {value[:60]!r}") from None
 
 
+def _account_name(arg: str, value: Any) -> str:
+    """A user name as the line protocol accepts one (the account's login name)."""
+    if not isinstance(value, str):
+        raise BadArgument(arg, "must be a string")
+    why = check_name(value, MAX_NAME_CHARS)
+    if why is not None and why.code == "name_reserved":
+        raise BadArgument(arg, f"{value!r} is a reserved name")
+    if why is not None:
+        raise BadArgument(
+            arg, f"must be a user name of 1-{MAX_NAME_CHARS} letters, digits, '_', '-', '.'"
+        )
+    return value
+
+
+def _password(arg: str, value: Any) -> str:
+    """A new password: never quoted back, whatever is wrong with it."""
+    if not isinstance(value, str):
+        raise BadArgument(arg, "must be a string")
+    if not value:
+        raise BadArgument(arg, "must not be empty")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
+        raise BadArgument(arg, f"must be at most {MAX_PASSWORD_BYTES} bytes")
+    if any(c in value for c in "\r\n\0"):
+        raise BadArgument(arg, "must be one line without NUL characters")
+    return value
+
+
+ACCOUNT_ACTIONS: Final = {"add": True, "passwd": True, "del": False, "list": False}  # password?
+
+
+def _account_action(arg: str, value: Any) -> str:
+    if value not in ACCOUNT_ACTIONS:
+        raise BadArgument(arg, "must be one of " + ", ".join(ACCOUNT_ACTIONS))
+    return str(value)
+
+
 class Arg(NamedTuple):
     check: Check
     required: bool = False
@@ -257,6 +294,11 @@ COMMANDS: Final[dict[str, dict[str, Arg]]] = {
     "broadcast": {"text": Arg(check_text, required=True), "room": Arg(_name)},
     "reload": {"check": Arg(_flag)},
     "shutdown": {"in": Arg(_seconds), "reason": Arg(check_text)},
+    "account": {
+        "action": Arg(_account_action, required=True),
+        "name": Arg(_account_name),
+        "password": Arg(_password),
+    },
 }
 
 
@@ -270,9 +312,24 @@ def _unban_rules(args: Mapping[str, Any]) -> None:
         raise RequestFailed(Code.BAD_REQUEST, "unban needs exactly one of 'name' and 'address'")
 
 
+def _account_rules(args: Mapping[str, Any]) -> None:
+    action = args["action"]
+    if action == "list":
+        if "name" in args or "password" in args:
+            raise RequestFailed(Code.BAD_REQUEST, "account list takes no 'name' or 'password'")
+        return
+    if "name" not in args:
+        raise BadArgument("name", f"missing (account {action} needs it)")
+    if ACCOUNT_ACTIONS[action] and "password" not in args:
+        raise BadArgument("password", f"missing (account {action} needs it)")
+    if not ACCOUNT_ACTIONS[action] and "password" in args:
+        raise BadArgument("password", f"unknown for account {action}")
+
+
 _RULES: Final[dict[str, Callable[[Mapping[str, Any]], None]]] = {
     "kick": _kick_rules,
     "unban": _unban_rules,
+    "account": _account_rules,
 }
 
 

@@ -54,6 +54,7 @@ SLOW_DOWN_FIRST_GAP = 0.25  # when the server did not say its rate
 SLOW_DOWN_MAX_GAP = 5.0
 
 NAME_PROMPT = "Enter your name: "
+PASSWORD_PROMPT = "Password for {}: "  # typed without echo, never kept in history
 COMMANDS = ("/help", "/join", "/msg", "/quit", "/rooms", "/who")
 CLIENT_HELP = (
     "client: Tab completes commands, rooms and names; Up/Down recall earlier lines",
@@ -99,6 +100,7 @@ class What(enum.Enum):
     - ``PRIVATE_SENT``: ``[private to bob] alice: psst`` (target, name, text)
     - ``WELCOME``: ``* welcome to chatsvc 0.1.0``
     - ``NAME_PROMPT``: ``* please enter your name``
+    - ``PASSWORD_PROMPT``: ``* password for alice:`` (name); the next line sent is the password
     - ``HELLO``: ``* hello alice, you are in lobby`` (name, room)
     - ``JOINED``: ``* you are now in work`` (room)
     - ``KICKED``: ``* you were kicked: spamming`` (reason)
@@ -126,6 +128,7 @@ class What(enum.Enum):
     PRIVATE_SENT = "private_sent"
     WELCOME = "welcome"
     NAME_PROMPT = "name_prompt"
+    PASSWORD_PROMPT = "password_prompt"
     HELLO = "hello"
     JOINED = "joined"  # we moved to a room
     KICKED = "kicked"  # we were kicked
@@ -189,6 +192,7 @@ _READINGS: tuple[tuple[What, re.Pattern[str], Optional[Leave]], ...] = (
     (What.CHAT, re.compile(r"\[([^\]]+)\] ([^\s:]+): (.*)", re.S), None),
     (What.WELCOME, re.compile(r"\* welcome to "), None),
     (What.NAME_PROMPT, re.compile(r"\* please enter your name$"), None),
+    (What.PASSWORD_PROMPT, re.compile(r"\* password for (\S+):$"), None),
     (What.HELLO, re.compile(r"\* hello (\S+), you are in (\S+)$"), None),
     (What.JOINED, re.compile(r"\* you are now in (\S+)$"), None),
     (What.KICKED, re.compile(r"\* you were kicked: (.*)$"), None),
@@ -818,7 +822,8 @@ class Phase(enum.Enum):
 
     GREETING = "greeting"  # connected; the server has not asked for a name yet
     NAMING = "naming"  # asked, and we have no name to send yet
-    NAME_SENT = "name_sent"  # waiting for hello or a refusal
+    NAME_SENT = "name_sent"  # waiting for hello, a password prompt or a refusal
+    PASSWORD = "password"  # the server asked for a password and we have none to send
     CHAT = "chat"  # logged in
     CLOSING = "closing"  # we said bye; waiting for the server to close
     RECONNECTING = "reconnecting"  # the connection is gone; the reconnector is trying
@@ -852,6 +857,10 @@ class Runner(abc.ABC):
         self.result: Optional[Outcome] = None
         self.lost: Optional[Outcome] = None  # why we are reconnecting
         self.relogin = False  # logging in again after a reconnect
+        # The password: from --password-file, or as typed; kept in memory for this run
+        # only, so a reconnect logs in again without asking.
+        self.password: Optional[bytes] = getattr(args, "password", None)
+        self.password_sent = False  # the last thing we sent at login was the password
         self.reconnector = Reconnector(args.host, args.port, inbox)
 
     def open(self) -> bool:
@@ -938,6 +947,8 @@ class Runner(abc.ABC):
         """
         if meaning.what is What.NAME_PROMPT:
             self.on_name_prompt()
+        elif meaning.what is What.PASSWORD_PROMPT and self.phase is Phase.NAME_SENT:
+            self.on_password_prompt(meaning.args[0])
         elif meaning.what is What.HELLO:
             self.on_hello()
         elif self.phase is Phase.NAME_SENT and kind is Kind.ERROR:
@@ -958,9 +969,24 @@ class Runner(abc.ABC):
 
     def send_name(self, name: str) -> None:
         self.send(name.encode("utf-8", "surrogateescape"))
+        self.password_sent = False
+        self.enter(Phase.NAME_SENT)
+
+    def on_password_prompt(self, name: str) -> None:
+        if self.password is not None:
+            self.send_password(self.password)
+        else:
+            self.enter(Phase.PASSWORD)
+            self.ask_password(name)
+
+    def send_password(self, password: bytes) -> None:
+        self.send(password)
+        self.password_sent = True
         self.enter(Phase.NAME_SENT)
 
     def on_name_refused(self, why: str) -> None:
+        if self.password_sent and not self.relogin:
+            self.password = None  # wrong, or refused: ask again next time
         if self.relogin:  # our old session may linger a moment: try again later
             self.enter(Phase.RECONNECTING)
             self.lose(Outcome(ExitCode.REFUSED, f"login failed: {why}", True))
@@ -1045,6 +1071,10 @@ class Runner(abc.ABC):
         """The server wants a name and we have none: the next input line is it."""
 
     @abc.abstractmethod
+    def ask_password(self, name: str) -> None:
+        """The server wants a password for ``name`` and we have none: get one."""
+
+    @abc.abstractmethod
     def name_refused(self, why: str) -> None:
         """The server refused the name we gave (not after a reconnect)."""
 
@@ -1116,7 +1146,11 @@ class ScriptedRunner(Runner):
             pass  # nobody reads our output any more; keep delivering the input
 
     def on_input_line(self, raw: bytes) -> None:
-        if not raw.strip():  # the server ignores blank lines and would not answer
+        if self.phase is Phase.PASSWORD:  # no --password-file: the next line is it
+            self.slots.release()
+            self.password = raw
+            self.send_password(raw)
+        elif not raw.strip():  # the server ignores blank lines and would not answer
             self.slots.release()
         elif self.name is None:
             self.name = raw.strip().decode("utf-8", "surrogateescape")
@@ -1138,6 +1172,19 @@ class ScriptedRunner(Runner):
 
     def ask_name(self) -> None:
         pass  # the first input line is the name (on_input_line sends it)
+
+    def ask_password(self, name: str) -> None:
+        if self.relogin:  # asked anew after a reconnect: no line of input is meant for it
+            self.finish(Outcome(ExitCode.REFUSED, f"login failed: {name} now needs a password"))
+        elif self.outbox.lines:  # read ahead already: the line after the name
+            line = self.outbox.lines.popleft()
+            if self.owed:
+                self.owed -= 1
+                self.slots.release()
+            self.password = line
+            self.send_password(line)
+        elif self.input_done:
+            self.finish(Outcome(ExitCode.REFUSED, f"login failed: no password for {name}"))
 
     def name_refused(self, why: str) -> None:
         self.finish(Outcome(ExitCode.REFUSED, f"name rejected: {why}"))
@@ -1174,6 +1221,8 @@ class ScriptedRunner(Runner):
     def step(self, now: float) -> None:
         if self.phase is Phase.NAMING and self.input_done:
             self.finish(Outcome(ExitCode.OK))  # no input at all, not even a name
+        elif self.phase is Phase.PASSWORD and self.input_done:
+            self.finish(Outcome(ExitCode.REFUSED, "login failed: no password given"))
         elif self.phase is Phase.CHAT:
             self.outbox.check(now)
             line = self.outbox.take(now)
@@ -1211,6 +1260,10 @@ class Console(Protocol):
 
     def accepted(self, line: str, echoed: bool) -> None:
         """The user entered ``line``; ``echoed``: the server will show it back."""
+        ...
+
+    def secret(self, on: bool) -> None:
+        """While on, the next line is typed without echo and kept out of history."""
         ...
 
 
@@ -1254,6 +1307,7 @@ class InteractiveRunner(Runner):
     def enter(self, phase: Phase) -> None:
         super().enter(phase)
         # Greeting and reconnecting keep the prompt there was.
+        self.console.secret(phase is Phase.PASSWORD)
         prompts = {
             Phase.NAMING: NAME_PROMPT,
             Phase.NAME_SENT: "",
@@ -1275,7 +1329,7 @@ class InteractiveRunner(Runner):
         self.show(f"* {text}", Kind.NOTICE)
 
     def show_line(self, raw: bytes, meaning: Meaning, kind: Kind) -> None:
-        if meaning.what is What.NAME_PROMPT:
+        if meaning.what in (What.NAME_PROMPT, What.PASSWORD_PROMPT):
             return  # our own prompt asks instead
         if meaning.what is What.ROOMS and self.quiet_rooms:
             self.quiet_rooms -= 1
@@ -1295,7 +1349,10 @@ class InteractiveRunner(Runner):
             self.leave()
             return
         self.console.accepted(item, echoed=self.phase is Phase.CHAT and not is_command(item))
-        if self.phase in (Phase.GREETING, Phase.NAME_SENT):
+        if self.phase is Phase.PASSWORD:
+            self.password = item.encode("utf-8", "surrogateescape")
+            self.send_password(self.password)
+        elif self.phase in (Phase.GREETING, Phase.NAME_SENT):
             self.held.append(item)
         elif self.phase is Phase.NAMING:
             self.offer_name(item)
@@ -1341,6 +1398,12 @@ class InteractiveRunner(Runner):
 
     def ask_name(self) -> None:
         self.replay()  # a line typed early is the name
+
+    def ask_password(self, name: str) -> None:
+        if self.held:  # typed (and shown) before the question: neither password nor chat
+            self.held = []
+            self.note("what you typed before the password prompt was not sent")
+        self.prompt = PASSWORD_PROMPT.format(name)  # typed without echo (Console.secret)
 
     def name_refused(self, why: str) -> None:
         self.enter(Phase.NAMING)  # the server showed why; ask again
@@ -1471,6 +1534,7 @@ class ReadlineConsole:
         self.completer: Callable[[str, str], list[str]] = lambda before, word: []
         self.matches: list[str] = []
         self.suspended_input: tuple[bytes, int] = (b"", 0)  # typed before Ctrl-Z
+        self.hidden = NoEcho(self.stdin_fd)  # a password: readline stays away meanwhile
         # kept referenced: readline holds a pointer to it
         self.line_handler = rl.line_handler_type(self._on_line)
 
@@ -1484,6 +1548,7 @@ class ReadlineConsole:
             self.saved_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def stop(self) -> None:
+        self.hidden.set(False)  # never leave the terminal without echo
         if self.installed:
             self._uninstall()
         for signum, handler in self.saved_handlers.items():
@@ -1494,7 +1559,16 @@ class ReadlineConsole:
         self.signals.append(signum)  # acted on by wait(), between keystrokes
         self.inbox.poke()
 
+    def secret(self, on: bool) -> None:
+        if on and not self.hidden.on:
+            if self.installed:
+                self._uninstall()
+            self.prompt = None
+        self.hidden.set(on)
+
     def wait(self, timeout: Optional[float]) -> list[UserInput]:
+        if self.hidden.on:
+            return self.hidden.wait(self.wake_fd, timeout, self.signals, self.out)
         fds = [self.wake_fd, self.stdin_fd] if self.installed else [self.wake_fd]
         readable, _, _ = select.select(fds, [], [], timeout)
         signals, self.signals = self.signals, []
@@ -1514,6 +1588,9 @@ class ReadlineConsole:
         return ready
 
     def update(self, lines: Sequence[str], prompt: Optional[str]) -> None:
+        if self.hidden.on:  # no readline while a password is typed
+            self.hidden.show(self.out, lines, prompt)
+            return
         if self.installed and (lines or prompt != self.prompt):
             self._clear_input_line()
             if prompt is None:
@@ -1541,6 +1618,8 @@ class ReadlineConsole:
         os.kill(os.getpid(), signal.SIGSTOP)
 
     def accepted(self, line: str, echoed: bool) -> None:
+        if self.hidden.on:
+            return  # a password: never in history
         if line.strip() and self.prompt_at_accept != NAME_PROMPT:
             self._remember(line)
         if echoed and line.strip():
@@ -1596,6 +1675,76 @@ class ReadlineConsole:
         self.out.flush()
 
 
+class NoEcho:
+    """A password line on a terminal: echo off (``termios``), read as a whole line.
+
+    Used by both consoles; with readline its callback handler is removed first,
+    so the terminal is in its ordinary line mode, just without echo.  Ctrl-C
+    still interrupts (``ISIG`` stays), Ctrl-D ends input.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.on = False
+        self.saved: Optional[list[Any]] = None
+        self.buf = b""
+        self.shown: Optional[str] = None
+
+    def set(self, on: bool) -> None:
+        if on == self.on:
+            return
+        self.on = on
+        self.buf, self.shown = b"", None
+        try:
+            import termios
+        except ImportError:  # pragma: no cover - not a Unix terminal
+            return
+        try:
+            if on:
+                self.saved = termios.tcgetattr(self.fd)
+                quiet = termios.tcgetattr(self.fd)
+                quiet[3] &= ~(termios.ECHO | termios.ECHONL)
+                quiet[3] |= termios.ICANON | termios.ISIG
+                termios.tcsetattr(self.fd, termios.TCSAFLUSH, quiet)
+            elif self.saved is not None:
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+                self.saved = None
+        except (OSError, termios.error):
+            pass
+
+    def show(self, out: TextIO, lines: Sequence[str], prompt: Optional[str]) -> None:
+        if lines and self.shown is not None:
+            out.write("\r\x1b[K")
+            self.shown = None
+        out.write("".join(line + "\n" for line in lines))
+        if prompt is not None and prompt != self.shown:
+            out.write(prompt)
+            self.shown = prompt
+        out.flush()
+
+    def wait(
+        self, wake_fd: int, timeout: Optional[float], signals: list[int], out: TextIO
+    ) -> list[UserInput]:
+        readable, _, _ = select.select([wake_fd, self.fd], [], [], timeout)
+        if signal.SIGINT in signals or signal.SIGTERM in signals:
+            signals.clear()
+            out.write("\n")
+            return [Key.INTERRUPT]
+        if self.fd not in readable:
+            return []
+        data = os.read(self.fd, 4096)
+        if not data:
+            out.write("\n")
+            return [Key.EOF]
+        self.buf += data
+        if b"\n" not in self.buf:
+            return []
+        line, _, self.buf = self.buf.partition(b"\n")
+        out.write("\n")  # the Enter was not echoed
+        self.shown = None
+        return [line.decode(sys.stdin.encoding or "utf-8", "surrogateescape")]
+
+
 class PlainConsole:
     """Fallback without GNU readline: the terminal's own line editing, a stdin thread.
 
@@ -1610,11 +1759,18 @@ class PlainConsole:
         self.prompt: Optional[str] = None
         self.prompt_shown = False
         self.slots = threading.Semaphore(INPUT_WINDOW)
+        self.hidden = NoEcho(sys.stdin.fileno()) if is_tty else None
+
+    def secret(self, on: bool) -> None:
+        if self.hidden is not None:
+            self.hidden.set(on)  # the stdin thread reads the line; the terminal does not echo
 
     def start(self, completer: Callable[[str, str], list[str]]) -> None:
         worker(read_input, sys.stdin.fileno(), self.inbox, self.slots, name="stdin").start()
 
     def stop(self) -> None:
+        if self.hidden is not None:
+            self.hidden.set(False)  # never leave the terminal without echo
         self.out.flush()
 
     def wait(self, timeout: Optional[float]) -> list[UserInput]:
@@ -1639,6 +1795,8 @@ class PlainConsole:
         out.flush()
 
     def accepted(self, line: str, echoed: bool) -> None:
+        if self.hidden is not None and self.hidden.on:
+            self.out.write("\n")  # the Enter was not echoed either
         self.prompt_shown = False  # the terminal moved to a new line
         self.slots.release()
 
@@ -1676,6 +1834,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--room", help="join this room after logging in")
     parser.add_argument(
+        "--password-file",
+        metavar="PATH",
+        help="when the server asks for a password, send the first line of this file "
+        "(default: ask without echo on a terminal; the next input line when scripted)",
+    )
+    parser.add_argument(
         "--reconnect",
         action="store_true",
         help="when the connection is lost or the server restarts, reconnect with backoff "
@@ -1689,6 +1853,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already reported
         return exc.code if isinstance(exc.code, int) else int(ExitCode.USAGE)
+    args.password = None
+    if args.password_file:
+        try:
+            with open(args.password_file, "rb") as fh:
+                args.password = fh.readline().rstrip(b"\r\n")
+        except OSError as exc:
+            complain(f"cannot read the password file {args.password_file}: {describe(exc)}")
+            return int(ExitCode.USAGE)
     inbox = Inbox()
     inbox.catch_signals()
     if not sys.stdin.isatty():

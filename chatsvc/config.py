@@ -58,6 +58,7 @@ RESTART_KEYS = frozenset(
         "irc.port",
         "irc.server_name",
         "irc.network",
+        "auth.store",
     }
 )
 
@@ -138,6 +139,19 @@ class IrcConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """Accounts (docs/accounts.md); ``open``: no passwords at all (the default)."""
+
+    mode: str = "open"  # open, registered, required
+    store: str = ""  # empty: $STATE_DIRECTORY/accounts.db or the documented default
+    allow_plaintext: bool = False  # passwords over plain TCP from other hosts
+    free_failures: int = 3  # failed logins per address / account before delays start
+    throttle_base: float = 1.0  # the first delay; each further failure doubles it
+    throttle_cap: float = 300.0  # the longest delay
+    throttle_forget: float = 900.0  # a key that stops failing is forgotten after this
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
@@ -146,6 +160,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     irc: IrcConfig = field(default_factory=IrcConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     source: Optional[str] = None  # the file it came from; None for built-in defaults
 
 
@@ -205,6 +220,12 @@ def _host(v: Any, bad: Bad) -> str:
 def _str(v: Any, bad: Bad) -> str:
     if not isinstance(v, str):
         raise bad("a string")
+    return v
+
+
+def _path(v: Any, bad: Bad) -> str:
+    if not isinstance(v, str) or "\0" in v or (v and not v.strip()):
+        raise bad('a file path (relative to the config file\'s directory), or "" for the default')
     return v
 
 
@@ -378,6 +399,18 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Validator]]] = {
             "topics": _topics,
         },
     ),
+    "auth": (
+        AuthConfig,
+        {
+            "mode": _choice("open", "registered", "required"),
+            "store": _path,
+            "allow_plaintext": _bool,
+            "free_failures": _int(0, 1000),
+            "throttle_base": _number(0, 3600),
+            "throttle_cap": _number(0, 86400),
+            "throttle_forget": _number(1, 30 * 86400),
+        },
+    ),
 }
 
 TABLE_KEYS = frozenset({"topics"})  # stored as pairs, written as a TOML table
@@ -457,6 +490,13 @@ def from_mapping(data: Mapping[str, Any], source: str | None = None) -> Config:
             repr(cfg.rooms.default),
         )
     _check_irc(cfg, where)
+    if cfg.auth.throttle_cap < cfg.auth.throttle_base:
+        raise ConfigError(
+            where,
+            "auth.throttle_cap",
+            f"at least auth.throttle_base ({cfg.auth.throttle_base:g} s)",
+            f"{cfg.auth.throttle_cap:g}",
+        )
     return cfg
 
 

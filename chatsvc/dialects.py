@@ -75,6 +75,10 @@ ERROR_TEXT = {
     "too_many_names": "too many rejected names; closing",
     "login_timeout": "no name given in time; closing",
     "idle_timeout": "idle for too long ({seconds:g} s); closing",
+    "login_failed": "wrong name or password",
+    "login_throttled": "too many failed logins, try again in {seconds} s",
+    "password_needs_tls": "a password needs a TLS connection",
+    "auth_unavailable": "accounts are unavailable right now, try again later",
 }
 
 # A /who line is cut into lines of about this many bytes: a room of thousands
@@ -154,6 +158,7 @@ _LINE_TABLE: dict[type[Any], Callable[[Any], str]] = {
     events.Private: _private,
     events.Welcome: lambda e: f"* welcome to chatsvc {e.version}\n* please enter your name\n",
     events.Hello: lambda e: f"* hello {e.name}, you are in {e.room}\n",
+    events.PasswordWanted: lambda e: f"* password for {e.name}:\n",
     events.NowIn: lambda e: f"* you are now in {e.room}\n",
     events.YouWereKicked: lambda e: f"* you were kicked: {e.reason}\n",
     events.Goodbye: lambda e: "* goodbye\n",

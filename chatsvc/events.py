@@ -138,6 +138,12 @@ class Hello(NamedTuple):
     room: Optional[str]
 
 
+class PasswordWanted(NamedTuple):
+    """The name needs a password: the next line the client sends is it."""
+
+    name: str
+
+
 class NowIn(NamedTuple):
     room: str
 
@@ -207,6 +213,10 @@ ERROR_CODES = frozenset(
         "too_many_names",
         "login_timeout",
         "idle_timeout",  # seconds
+        "login_failed",  # a wrong password, or (in "required" mode) an unknown name
+        "login_throttled",  # seconds
+        "password_needs_tls",
+        "auth_unavailable",
         "refused",  # reason: server_full, per_ip_limit, shutting_down, banned, no_resources
     }
 )
@@ -223,6 +233,7 @@ Event = Union[
     Private,
     Welcome,
     Hello,
+    PasswordWanted,
     NowIn,
     YouWereKicked,
     Goodbye,

@@ -1154,6 +1154,12 @@ class Hub:
         with self.lock:
             return list(self.by_name)
 
+    def holds_name(self, name: str) -> bool:
+        """Someone is logged in as ``name``, here or (as far as we know) on another node."""
+        key = name.casefold()
+        with self.lock:
+            return key in self.by_name or key in self.remote_nodes
+
     def room_members(self) -> dict[str, list[str]]:
         """Every room's members, other nodes' too (cluster mode)."""
         with self.lock:

@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from typing import Any, Callable, NamedTuple, Optional
 
 from chatsvc import __version__, events, logsetup, protocol
+from chatsvc.accounts import Authenticator, StoreError
 from chatsvc.dialects import REFUSAL_TEXT, error_text, shutdown_text
 from chatsvc.events import Event
 from chatsvc.hub import Hub, Member
@@ -282,6 +283,7 @@ class IrcDialect:
                 e.name,
                 f"Welcome to the {self.network} IRC network {self.mask(e.name)}",
             ),
+            events.PasswordWanted: lambda e: "",  # IRC sends PASS before NICK
             events.NowIn: lambda e: "",
             events.YouWereKicked: lambda e: line("", "ERROR", f"Closing link: kicked ({e.reason})"),
             events.Goodbye: lambda e: line("", "ERROR", "Closing link: quit"),
@@ -492,6 +494,7 @@ class IrcSession:
     """The reader side of one IRC connection: reads, frames, parses, calls the hub."""
 
     __slots__ = (
+        "auth",
         "batches",
         "bucket",
         "cap_pending",
@@ -507,10 +510,13 @@ class IrcSession:
         "user",
     )
 
-    def __init__(self, hub: Hub, member: Member, sock: socket.socket) -> None:
+    def __init__(
+        self, hub: Hub, member: Member, sock: socket.socket, auth: Optional[Authenticator] = None
+    ) -> None:
         self.hub = hub
         self.member = member
         self.sock = sock
+        self.auth = auth  # accounts: IRC has no PASS yet, so names with one are refused
         self.bucket = flood_bucket(hub)
         self.caps: frozenset[str] = frozenset()
         self.cap_pending = False  # CAP LS/REQ seen, CAP END not yet: registration waits
@@ -731,6 +737,9 @@ class IrcSession:
         old = self.member.name
         if old is None or nick == old:
             return
+        if nick.casefold() != old.casefold() and self._needs_password(nick):
+            self.reply("432", nick, "Erroneous nickname: this name needs a password")
+            return
         why = self.hub.rename(self.member, nick)
         if why is None:
             if self.ident is not None:
@@ -747,6 +756,11 @@ class IrcSession:
             return
         m = self.member
         nick = self.nick
+        if self._needs_password(nick):
+            # IRC PASS/SASL is not served yet (docs/accounts.md): refuse, never let in.
+            self.reply("464", "Password required: log in to this name with the line protocol")
+            self.nick = None
+            return
         why = self.hub.login(m, nick, join_default=False)
         if why is not None:
             if why.code == "name_taken":
@@ -763,6 +777,14 @@ class IrcSession:
         IDENTS.put(nick, self.ident)
         logsetup.log.info("client_login", name=nick, addr=m.addr, port=m.port, protocol="irc")
         self._welcome()
+
+    def _needs_password(self, nick: str) -> bool:
+        if self.auth is None:
+            return False
+        try:
+            return self.auth.needs_password(nick)
+        except StoreError:
+            return True
 
     def _welcome(self) -> None:
         cfg = self.hub.cfg

@@ -21,6 +21,7 @@ import time
 from typing import Any, Optional, Union
 
 from chatsvc import config, events, irc, logsetup, systemd
+from chatsvc.accounts import Authenticator, StoreError
 from chatsvc.admin import AdminServer
 from chatsvc.config import Config
 from chatsvc.dialects import LINE, Dialect
@@ -122,6 +123,16 @@ class ChatServer:
                 self._join_cluster(cfg)
             except BaseException:
                 self.listener.close()
+                raise
+        # Accounts (docs/accounts.md): the store opens at start unless the mode is "open".
+        self.auth = Authenticator(lambda: self.hub.cfg)
+        if cfg.auth.mode != "open":
+            try:
+                _ = self.auth.store
+            except BaseException as exc:
+                self.listener.close()
+                if isinstance(exc, StoreError):
+                    raise StartupError(str(exc)) from None
                 raise
         self.admin: Optional[AdminServer] = None
         if admin_path:
@@ -363,7 +374,9 @@ class ChatServer:
             _refuse(conn, refused, is_irc)
             return
         session: Union[Session, irc.IrcSession] = (
-            irc.IrcSession(self.hub, member, conn) if is_irc else Session(self.hub, member, conn)
+            irc.IrcSession(self.hub, member, conn, self.auth)
+            if is_irc
+            else Session(self.hub, member, conn, self.auth)
         )
         logsetup.log.info("client_connected", addr=addr, port=port, clients=self.hub.count())
         # A bare thread: threading.Thread's start-up handshake doubles the cost of
@@ -433,6 +446,7 @@ class ChatServer:
             w.stop()
         if self.admin is not None:
             self.admin.stop()
+        self.auth.close()
         left = self.session_threads()
         stats = self.hub.stats()
         logsetup.lifecycle.info(

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Callable, Optional
 
 from chatsvc import __version__, events, logsetup, protocol
+from chatsvc.accounts import MAX_PASSWORD_BYTES, Authenticator, StoreError
 from chatsvc.events import Event
 from chatsvc.hub import Hub, Member
 from chatsvc.protocol import OVERLONG, Command, DecodeError, Frame
@@ -39,13 +40,16 @@ BULK_RECV_SIZE = 16384
 class Session:
     """The reader side of one connection: reads, frames, parses, calls the hub."""
 
-    __slots__ = ("bucket", "hub", "member", "sock")
+    __slots__ = ("auth", "bucket", "hub", "member", "sock")
 
-    def __init__(self, hub: Hub, member: Member, sock: socket.socket) -> None:
+    def __init__(
+        self, hub: Hub, member: Member, sock: socket.socket, auth: Optional[Authenticator] = None
+    ) -> None:
         self.hub = hub
         self.member = member
         self.sock = sock
         self.bucket = flood_bucket(hub)
+        self.auth = auth  # None: no accounts at all (as mode "open")
 
     def tell(self, *evs: Event) -> None:
         self.hub.tell(self.member, *evs)
@@ -126,7 +130,14 @@ class Session:
             text = self._text(frame)
             if text is not None:
                 name = text.strip()
-                why = protocol.check_name(name, max_len) or self.hub.login(m, name)
+                why = protocol.check_name(name, max_len)
+                if why is None and self.auth is not None:
+                    step = self._password_step(frames, name)
+                    if step is _GONE:
+                        return False
+                    why = step if isinstance(step, events.Error) else None
+                if why is None:
+                    why = self.hub.login(m, name)
                 if why is None:
                     logsetup.log.info("client_login", name=name, addr=m.addr, port=m.port)
                     logsetup.log.info("room_joined", name=name, room=m.room)
@@ -140,6 +151,43 @@ class Session:
                     pass
                 return False
         return False
+
+    def _password_step(self, frames: Iterator[Frame], name: str) -> Optional[object]:
+        """Ask for and check the password ``name`` needs, if it needs one.
+
+        None: go on with the login; an ``events.Error``: refuse (one name try);
+        ``_GONE``: the connection ended while we waited.  The password is one
+        line, hashed here in the reader thread, never logged, never echoed.
+        """
+        m, auth = self.member, self.auth
+        assert auth is not None
+        try:
+            if not auth.needs_password(name):
+                return None
+        except StoreError as exc:
+            logsetup.log.error("auth_store_error", error=str(exc))
+            return events.error("auth_unavailable")
+        if self.hub.holds_name(name):  # taken is taken, as without accounts
+            return events.error("name_taken", name=name)
+        if auth.plaintext_refused(m.addr, m.secure):  # refuse before it is sent
+            logsetup.log.warning("auth_failed", name=name, addr=m.addr, reason="plaintext")
+            return events.error("password_needs_tls")
+        self.tell(events.PasswordWanted(name))
+        frame = next(frames, None)
+        if frame is None:
+            return _GONE
+        password = frame if isinstance(frame, bytes) else b"\0" * (MAX_PASSWORD_BYTES + 1)
+        verdict = auth.verify(name, password, m.addr, m.secure)
+        del password, frame
+        if verdict.ok:
+            logsetup.log.info("auth_ok", name=name, addr=m.addr)
+            return None
+        if verdict.reason == "throttled":
+            wait = verdict.error.params.get("seconds") if verdict.error else None
+            logsetup.log.warning("auth_throttled", name=name, addr=m.addr, seconds=wait)
+        else:
+            logsetup.log.warning("auth_failed", name=name, addr=m.addr, reason=verdict.reason)
+        return verdict.error
 
     def _chat(self, frames: Iterator[Frame]) -> None:
         for frame in frames:
@@ -215,6 +263,7 @@ _DISPATCH: dict[str, Callable[[Session, Command], None]] = {
 # --- shared by every protocol's reader thread (the line protocol and IRC) --------------
 
 PAID, DROPPED, CUT = "paid", "dropped", "cut"
+_GONE = object()  # the connection ended during the password step
 
 
 def read_frames(

@@ -33,6 +33,10 @@ def _sections(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Flat overrides (``flood_rate=...``) to config sections, by the schema."""
     out: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
+        if "." in key:  # "auth.mode": a key name more than one section has
+            section, _, field = key.partition(".")
+            out.setdefault(section, {})[field] = value
+            continue
         section = next((s for s, (_, keys) in config.SCHEMA.items() if key in keys), None)
         if section is None:
             raise KeyError(f"unknown config key {key!r}")

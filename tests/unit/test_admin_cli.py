@@ -428,11 +428,20 @@ def test_format_stats_lists_counters_and_drops() -> None:
     lines = cli.format_stats({**RESULTS["stats"], "future_counter": 9}).split("\n")
     assert lines[0] == "version         0.1.0"
     assert "uptime          2h07m (7620.4 s)" in lines
+
     assert "rooms           lobby 4, work 6" in lines
     assert "bytes_out       5242880 (5.0 MiB)" in lines
     assert "drops           bye 100, idle 3" in lines
     assert "refused         none" in lines
     assert lines[-1] == "future_counter  9"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0.4, "0s"), (42.9, "42s"), (60.0, "1m00s (60 s)"), (7620.4, "2h07m (7620.4 s)")],
+)
+def test_uptime_says_each_figure_once(seconds: float, shown: str) -> None:
+    assert cli.format_stats({"uptime": seconds}) == f"uptime  {shown}"
 
 
 def test_format_reload() -> None:

@@ -106,6 +106,7 @@ EXAMPLES: list[tuple[str, What, tuple[str, ...]]] = [
     ("[private to bob] alice: psst", What.PRIVATE_SENT, ("bob", "alice", "psst")),
     ("* welcome to chatsvc 0.1.0", What.WELCOME, ()),
     ("* please enter your name", What.NAME_PROMPT, ()),
+    ("* password for alice:", What.PASSWORD_PROMPT, ("alice",)),
     ("* hello alice, you are in lobby", What.HELLO, ("alice", "lobby")),
     ("* you are now in work", What.JOINED, ("work",)),
     ("* you were kicked: spamming", What.KICKED, ("spamming",)),
@@ -533,6 +534,9 @@ class FakeConsole:
     def accepted(self, line: str, echoed: bool) -> None:
         pass
 
+    def secret(self, on: bool) -> None:
+        self.hidden = on
+
 
 Runner = client.Runner
 socket_stand_in: Any = None  # FakeConnection never touches it
@@ -644,3 +648,64 @@ def test_after_bye_only_a_script_insists_on_the_goodbye(
     scripted = isinstance(runner, client.ScriptedRunner)
     assert runner.result is not None
     assert runner.result.code is (ExitCode.KICKED if scripted else ExitCode.OK)
+
+
+def type_password(runner: Runner, password: str) -> None:
+    if isinstance(runner, client.InteractiveRunner):
+        assert isinstance(runner.console, FakeConsole) and runner.console.hidden
+        assert runner.prompt == client.PASSWORD_PROMPT.format("alice")
+        runner.on_input(password)
+        assert not runner.console.hidden
+    else:
+        runner.on_input_line(password.encode())
+
+
+def test_a_password_is_asked_for_and_remembered_for_a_reconnect(
+    make_runner: Callable[..., Runner],
+) -> None:
+    runner = make_runner("--name", "alice", "--reconnect")
+    serve(runner, "* please enter your name", "* password for alice:")
+    assert runner.phase is Phase.PASSWORD
+    type_password(runner, "s3cret")
+    assert sent(runner) == [b"alice", b"s3cret"] and runner.phase is Phase.NAME_SENT
+    serve(runner, "* hello alice, you are in lobby")
+    runner.handle(client.ServerClosed(runner.gen, None))
+    runner.handle(client.Reconnected(socket_stand_in))
+    serve(runner, "* please enter your name", "* password for alice:")
+    assert sent(runner)[:2] == [b"alice", b"s3cret"]  # not asked again
+    serve(runner, "* hello alice, you are in lobby")
+    assert runner.phase is Phase.CHAT
+
+
+def test_a_password_file_is_sent_and_a_wrong_password_forgotten(
+    make_runner: Callable[..., Runner],
+) -> None:
+    runner = make_runner("--name", "alice")
+    runner.password = b"from-file"
+    serve(runner, "* please enter your name", "* password for alice:")
+    assert sent(runner) == [b"alice", b"from-file"]
+    serve(runner, "! wrong name or password")
+    assert runner.password is None
+    if isinstance(runner, client.InteractiveRunner):
+        assert runner.phase is Phase.NAMING  # asked again, name and password
+    else:
+        assert runner.result == client.Outcome(
+            ExitCode.REFUSED, "name rejected: wrong name or password"
+        )
+
+
+def test_lines_typed_before_the_password_prompt_are_never_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(client, "Connection", FakeConnection)
+    args = client.build_parser().parse_args(["--name", "alice"])
+    runner = client.InteractiveRunner(args, client.Inbox(), FakeConsole(), False)
+    runner.reconnector = FakeReconnector()  # type: ignore[assignment]
+    runner.attach(socket_stand_in)
+    serve(runner, "* please enter your name")
+    runner.on_input("s3cret")  # typed too early, in plain view
+    serve(runner, "* password for alice:")
+    runner.on_input("s3cret")
+    serve(runner, "* hello alice, you are in lobby")
+    assert sent(runner).count(b"s3cret") == 1  # as the password, never as chat
+    assert any("not sent" in line for line in runner.display)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chatsvc import adminpath, config
+from chatsvc import accounts, adminpath, config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 Unit = dict[str, dict[str, list[str]]]
@@ -105,6 +105,17 @@ def test_admin_socket_lives_in_the_runtime_directory(
     assert packaged.admin.socket == adminpath.PACKAGED_SOCKET
     env = {"RUNTIME_DIRECTORY": f"/run/{runtime}"}
     assert adminpath.resolve_socket("", for_client=False, environ=env) == packaged.admin.socket
+
+
+def test_the_account_store_lives_in_the_state_directory(service: dict[str, list[str]]) -> None:
+    state = one(service, "StateDirectory")
+    assert state == "chatsvc" and one(service, "StateDirectoryMode") == "0700"
+    # ProtectSystem=strict makes everything else read-only; StateDirectory= stays writable.
+    assert one(service, "ProtectSystem") == "strict"
+    assert "ReadOnlyPaths" not in service and "InaccessiblePaths" not in service
+    env = {"STATE_DIRECTORY": f"/var/lib/{state}"}
+    path = accounts.store_path(config.AuthConfig(), "/etc/chatsvc/chatsvc.toml", env)
+    assert path == f"/var/lib/{state}/accounts.db"
 
 
 def test_admin_group_can_reach_the_socket(

@@ -210,6 +210,7 @@ def test_every_event_type_renders() -> None:
         events.Private("a", "b", "x", 0.0),
         events.Welcome("1"),
         events.Hello("a", "lobby"),
+        events.PasswordWanted("a"),
         events.NowIn("lobby"),
         events.YouWereKicked("r"),
         events.Goodbye(),
