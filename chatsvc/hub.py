@@ -34,6 +34,7 @@ Events
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections import Counter
@@ -76,11 +77,14 @@ class Member:
     * written by the member's reader thread only, read without the lock by
       the reaper and the views (single attribute stores): ``last_active``,
       ``throttled``;
-    * hub, guarded by ``Hub.lock``: everything else.
+    * hub, guarded by ``Hub.lock``: everything else (``watching``: the names
+      it monitors, IRC ``MONITOR``; ``capture``: while not None, replies are
+      collected there instead of queued, IRC ``labeled-response``).
     """
 
     __slots__ = (
         "addr",
+        "capture",
         "claim",
         "close_flush",
         "close_reason",
@@ -101,6 +105,7 @@ class Member:
         "secure",
         "slack",
         "throttled",
+        "watching",
     )
 
     def __init__(
@@ -134,6 +139,8 @@ class Member:
         self.close_flush = True  # deliver what is queued before closing
         self.mailbox: Mailbox = _NO_WRITER  # set by Hub.add
         self.claim = ""  # the cluster's token for this member's name (cluster mode)
+        self.watching: dict[str, str] = {}  # casefolded name -> name as given (MONITOR)
+        self.capture: Optional[list[bytes]] = None  # replies held back (labeled-response)
 
     @property
     def label(self) -> str:
@@ -297,6 +304,10 @@ class Hub:
         # room -> casefolded name -> display name, and name -> node.
         self.remote_rooms: dict[str, dict[str, str]] = {r: {} for r in cfg.rooms.names}
         self.remote_nodes: dict[str, str] = {}
+        # casefolded name -> the members watching it (IRC MONITOR; bounded per member)
+        self.watchers: dict[str, dict[Member, None]] = {}
+        self._msgid_prefix = secrets.token_hex(4)  # message ids unique across nodes/restarts
+        self._msgid_seq = 0
         # counters
         self.messages_in = 0
         self.bytes_in = 0
@@ -332,6 +343,11 @@ class Hub:
         if m.close_reason is not None and not m.close_flush:
             return 0
         line = m.dialect.render(event)
+        if not line:
+            return 0
+        if reply and m.capture is not None:  # sent later, labeled (see ``capture``)
+            m.capture.append(line)
+            return len(line)
         cap = self.cfg.limits.send_queue_bytes
         q = m.queued + len(line)
         if q > cap + m.slack and m.close_reason is None:
@@ -373,6 +389,8 @@ class Hub:
                 dialect = m.dialect
                 line = rendered.get(dialect) or rendered.setdefault(dialect, dialect.render(event))
                 n = len(line)
+            if not n:  # nothing for this dialect (an IRC TAGMSG for a line client)
+                continue
             q = m.queued + n
             if q > hard + m.slack:
                 over.append(m)
@@ -416,22 +434,35 @@ class Hub:
         if isinstance(event, events.Joined):
             key = event.name.casefold()
             self.remote_rooms[room][key] = event.name
+            if self.remote_nodes.get(key) is None:
+                self._presence(key, event.name, True)
             self.remote_nodes[key] = node
         elif isinstance(event, events.Renamed):
             old, new = event.old.casefold(), event.new.casefold()
             self.remote_rooms[room].pop(old, None)
             self.remote_rooms[room][new] = event.new
-            self.remote_nodes.pop(old, None)
+            known = self.remote_nodes.pop(old, None) is not None
+            if old != new:  # a change of case only is no news to watchers
+                if known:
+                    self._presence(old, event.old, False)
+                if new not in self.remote_nodes:
+                    self._presence(new, event.new, True)
             self.remote_nodes[new] = node
         elif isinstance(event, (events.Left, events.Kicked)):
             key = event.name.casefold()
             self.remote_rooms[room].pop(key, None)
-            if not any(key in names for names in self.remote_rooms.values()):
-                self.remote_nodes.pop(key, None)
+            moving = isinstance(event, events.Left) and event.reason == "moved"
+            if (
+                not moving
+                and not any(key in names for names in self.remote_rooms.values())
+                and self.remote_nodes.pop(key, None) is not None
+            ):
+                self._presence(key, event.name, False)
 
     def set_remote(self, members: dict[str, tuple[str, str, list[str]]]) -> None:
         """Replace the mirror of other nodes' members: key -> (name, node, rooms)."""
         with self.lock:
+            before = {k: self._remote_name(k) for k in self.remote_nodes}
             self.remote_rooms = {r: {} for r in self.rooms}
             self.remote_nodes = {}
             for key, (name, node, rooms) in members.items():
@@ -439,6 +470,119 @@ class Hub:
                 for room in rooms:
                     if room in self.remote_rooms:
                         self.remote_rooms[room][key] = name
+            for key, old_name in before.items():
+                if key not in members:
+                    self._presence(key, old_name, False)
+            for key, (name, _, _) in members.items():
+                if key not in before:
+                    self._presence(key, name, True)
+            owed = self._owed()
+        _wake(owed)
+
+    def _remote_name(self, key: str) -> str:
+        """The display name of another node's member; lock held."""
+        return next((names[key] for names in self.remote_rooms.values() if key in names), key)
+
+    # --- presence (IRC MONITOR) and notifications about a user (lock held) ---------
+
+    def _presence(self, key: str, name: str, online: bool) -> None:
+        """Tell the members watching ``key`` that ``name`` came online or left; lock held."""
+        watching = self.watchers.get(key)
+        if watching:
+            event = events.Presence(name, online)
+            for w in watching:
+                self.bytes_out += self._put(w, event)
+
+    def _online(self, key: str) -> Optional[str]:
+        """The display name of the user holding ``key`` on any node, or None; lock held."""
+        m = self.by_name.get(key)
+        if m is not None and m.close_reason is None:
+            return m.name
+        if key in self.remote_nodes:
+            return self._remote_name(key)
+        return None
+
+    def watch(
+        self, m: Member, names: list[str], limit: int
+    ) -> tuple[list[tuple[str, Optional[str]]], list[str]]:
+        """Add ``names`` to what ``m`` watches (at most ``limit`` names in all).
+
+        Returns (name, online display name or None) for each name now watched,
+        and the names refused because the list is full.
+        """
+        added: list[tuple[str, Optional[str]]] = []
+        refused: list[str] = []
+        with self.lock:
+            for name in names:
+                key = name.casefold()
+                if key not in m.watching and len(m.watching) >= limit:
+                    refused.append(name)
+                    continue
+                m.watching.setdefault(key, name)
+                self.watchers.setdefault(key, {})[m] = None
+                added.append((name, self._online(key)))
+        return added, refused
+
+    def unwatch(self, m: Member, names: Optional[list[str]] = None) -> None:
+        """Stop watching ``names`` (None: every name)."""
+        with self.lock:
+            self._unwatch(m, list(m.watching) if names is None else [n.casefold() for n in names])
+
+    def _unwatch(self, m: Member, keys: list[str]) -> None:
+        for key in keys:
+            if m.watching.pop(key, None) is not None:
+                watching = self.watchers.get(key)
+                if watching is not None:
+                    watching.pop(m, None)
+                    if not watching:
+                        del self.watchers[key]
+
+    def watched(self, m: Member) -> list[tuple[str, Optional[str]]]:
+        """What ``m`` watches: (name as given, online display name or None)."""
+        with self.lock:
+            return [(name, self._online(key)) for key, name in m.watching.items()]
+
+    def share(
+        self, m: Member, event: Event, room: Optional[str] = None, echo: bool = False
+    ) -> None:
+        """Tell ``event`` (about ``m``) once to every local member sharing a room with it.
+
+        Only ``room``'s members when given; otherwise also those watching ``m``
+        whose dialect follows watched users (``follows_watched``: IRC
+        ``extended-monitor``).  ``echo``: ``m`` gets it too.  Each recipient's
+        dialect decides whether it shows it (IRC ``away-notify``, ``setname``).
+        """
+        with self.lock:
+            if m.name is None or m.close_reason is not None:
+                return
+            to: dict[Member, None] = {}
+            for r in [room] if room is not None else list(m.rooms):
+                to.update(self.rooms.get(r, {}))
+            if room is None and m.key is not None:
+                for w in self.watchers.get(m.key, {}):
+                    if getattr(w.dialect, "follows_watched", False):
+                        to[w] = None
+            to.pop(m, None)
+            if echo:
+                to[m] = None
+            for x in to:
+                self.bytes_out += self._put(x, event, reply=x is m)
+            owed = self._owed()
+        _wake(owed)
+
+    def capture(self, m: Member, on: bool) -> Optional[list[bytes]]:
+        """Start (``on``) or end collecting ``m``'s replies instead of queueing them.
+
+        Ending returns what was collected, for the session to label and
+        ``tell`` (IRC ``labeled-response``); None if ``m`` is closing.
+        """
+        with self.lock:
+            held, m.capture = m.capture, ([] if on else None)
+            return None if on or m.close_reason is not None else held or []
+
+    def _msgid(self) -> str:
+        self._msgid_seq += 1
+        return f"{self._msgid_prefix}{self._msgid_seq:x}"
 
     def deliver_private(self, event: events.Private) -> None:
         """A private message from another node for a member of this one."""
@@ -513,6 +657,7 @@ class Hub:
             m.name, m.key = name, key
             self.by_name[key] = m
             self.logins += 1
+            self._presence(key, name, True)
             room: Optional[str] = None
             if join_default:
                 room = self.cfg.rooms.default
@@ -589,10 +734,13 @@ class Hub:
                 return refusal
             if m.claim != old_claim and m.key is not None:
                 self.backend.release_name(m.key, old_claim)
-            old = m.name or "?"
-            del self.by_name[m.key or ""]
+            old, old_key = m.name or "?", m.key or ""
+            del self.by_name[old_key]
             m.name, m.key = name, key
             self.by_name[key] = m
+            if old_key != key:  # a change of case only is no news to watchers
+                self._presence(old_key, old, False)
+                self._presence(key, name, True)
             self.backend.rooms_changed(m)
             for room in m.rooms:
                 self._announce_membership(room, events.Renamed(room, old, name), m)
@@ -652,7 +800,13 @@ class Hub:
         return None
 
     def say(
-        self, m: Member, text: str, room: Optional[str] = None, notice: bool = False
+        self,
+        m: Member,
+        text: str,
+        room: Optional[str] = None,
+        notice: bool = False,
+        tags: events.Tags = (),
+        tagmsg: bool = False,
     ) -> Optional[str]:
         """Chat to ``room`` (default: ``m``'s one room); returns the room (None if not in it).
 
@@ -670,14 +824,28 @@ class Hub:
             self.bytes_in += len(text.encode())
             m.msgs_sent += 1
             exclude = None if m.dialect.echo_own else m
-            chat = events.Chat(room, m.name, text, time.time(), notice)
-            if not self.backend.publish(room, chat, exclude):
+            now = time.time()
+            chat = events.Chat(room, m.name, text, now, notice, tags, self._msgid(), tagmsg)
+            # A labeled request (m.capture) gets its echo as a reply; locally that
+            # keeps the room's order, since the fan-out happens under this lock.
+            own_echo = exclude is None and m.capture is not None and not self.backend.spans_nodes
+            if not self.backend.publish(room, chat, m if own_echo else exclude):
                 self._put(m, events.error("cluster_unavailable"), reply=True)
+            elif own_echo:
+                self._put(m, chat, reply=True)
             owed = self._owed()
         _wake(owed)
         return room
 
-    def private(self, m: Member, target: str, text: str, notice: bool = False) -> Optional[Error]:
+    def private(
+        self,
+        m: Member,
+        target: str,
+        text: str,
+        notice: bool = False,
+        tags: events.Tags = (),
+        tagmsg: bool = False,
+    ) -> Optional[Error]:
         """A private message; why not, if the target is unknown."""
         with self.lock:
             key = target.casefold()
@@ -688,15 +856,20 @@ class Hub:
             if peer is not None and peer.close_reason is not None:
                 return events.error("no_such_user", name=target)
             now = time.time()
+            msgid = self._msgid()
             if peer is not None:
                 peer_name = peer.name or target
-                msg = events.Private(m.name, peer_name, text, now, notice=notice)
+                msg = events.Private(
+                    m.name, peer_name, text, now, False, notice, tags, msgid, tagmsg
+                )
                 self.bytes_out += self._put(peer, msg)
             else:
                 peer_name = next(
                     (names[key] for names in self.remote_rooms.values() if key in names), target
                 )
-                msg = events.Private(m.name, peer_name, text, now, notice=notice)
+                msg = events.Private(
+                    m.name, peer_name, text, now, False, notice, tags, msgid, tagmsg
+                )
                 if node is None or not self.backend.send_private(node, msg):
                     return events.error("cluster_unavailable")
             self.messages_in += 1
@@ -797,6 +970,9 @@ class Hub:
         if m.key is not None and self.by_name.get(m.key) is m:
             del self.by_name[m.key]
             self.backend.release(m)
+            self._presence(m.key, m.name or m.key, False)
+        if m.watching:
+            self._unwatch(m, list(m.watching))
 
     def close(
         self,

@@ -4,15 +4,74 @@ Modelled on irctest's own controllers (``irctest/controllers/ngircd.py``): it
 writes a config into the test's directory and runs ``python -m chatsvc``.
 chatsvc has a fixed set of rooms, so the config lists the channels irctest's
 tests join; a channel not listed here does not exist (403).
+
+Servers left running: a few irctest test classes (``bot_mode``, ``bouncer``,
+``websocket``) raise their "not supported" skip from ``setUp`` after the
+server was started, and pytest then never calls ``tearDown``, which is where
+irctest stops the server.  :class:`StopsLeftovers` keeps the servers it
+started in a list and stops (process group, SIGTERM then SIGKILL) any still
+running when the next test starts one, and the rest when the test run
+exits; ``ngircd_controller.py`` applies it to irctest's own ngIRCd controller.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import signal
+import subprocess
 import sys
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 from irctest.basecontrollers import BaseServerController, DirectoryBasedController
 from irctest.runner import NotImplementedByController
+
+# (process, config directory) of servers started and not stopped by irctest
+_STARTED: list[tuple[subprocess.Popen[Any], Optional[Path]]] = []
+
+
+def _stop(proc: subprocess.Popen[Any], directory: Optional[Path]) -> None:
+    """Stop a server's process group (SIGTERM, then SIGKILL) and remove its directory."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)  # irctest starts each server in its own session
+        except OSError:
+            proc.send_signal(sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def stop_leftovers() -> None:
+    """Stop every server a finished test left running (tests run one at a time)."""
+    while _STARTED:
+        _stop(*_STARTED.pop())
+
+
+atexit.register(stop_leftovers)
+
+
+class StopsLeftovers(DirectoryBasedController):
+    """A controller mixin: servers whose test skipped in ``setUp`` are stopped too."""
+
+    def execute(self, command: Any, proc_name: Optional[str] = None, **kwargs: Any) -> Any:
+        stop_leftovers()  # a new test started: anything still running is left over
+        proc = super().execute(command, proc_name, **kwargs)
+        _STARTED.append((proc, self.directory))
+        return proc
+
+    def kill_proc(self) -> None:
+        proc = self.proc
+        super().kill_proc()
+        _STARTED[:] = [entry for entry in _STARTED if entry[0] is not proc]
+
 
 ROOMS = ["chan", "test", "chan1", "chan2", "bar", "bar_two", "baz", "foo", "qux", "xyz"]
 ROOMS += ["channel", "gen", "auditorium", "f", "how", "fooa", "c90076", "otherchan", "valid"]
@@ -47,7 +106,7 @@ network = "chatsvc"
 """
 
 
-class ChatsvcController(BaseServerController, DirectoryBasedController):
+class ChatsvcController(StopsLeftovers, BaseServerController):
     software_name = "chatsvc"
     supported_sasl_mechanisms: set[str] = set()
     supports_sts = False

@@ -62,16 +62,17 @@ def test_at_most_fifteen_parameters() -> None:
     assert len(m.params) == irc.MAX_PARAMS
 
 
-def test_the_body_is_limited_to_510_bytes_and_tags_to_8191() -> None:
+def test_the_body_is_limited_to_510_bytes_and_client_tags_to_4096() -> None:
     assert msg(b"PRIVMSG #a :" + b"x" * (510 - 12)).params[1] == "x" * 498
     with pytest.raises(IrcParseError) as info:
         parse_line(b"PRIVMSG #a :" + b"x" * 499)
     assert (info.value.code, info.value.command) == ("input_too_long", "PRIVMSG")
-    tags = b"@a=" + b"x" * (8191 - 4) + b" "
-    assert len(tags) == 8191
-    assert msg(tags + b"PING x").command == "PING"
+    # IRCv3 message-tags: a client's tags, '@' and the trailing space included
+    tags = b"@+a=" + b"x" * (4096 - 5) + b" "
+    assert len(tags) == 4096
+    assert msg(tags + b"PING x").tags == {"+a": "x" * 4091}
     with pytest.raises(IrcParseError):
-        parse_line(b"@a=" + b"x" * 8191 + b" PING x")
+        parse_line(b"@+a=" + b"x" * 4092 + b" PING x")
 
 
 def test_invalid_utf8_and_nul_are_refused_naming_the_command() -> None:
@@ -218,6 +219,9 @@ def test_every_event_type_renders() -> None:
         events.Help(),
         events.error("no_such_user", name="x"),
         events.Raw(":x 001 a :hi\r\n"),
+        events.Presence("a", True),
+        events.Away("a", "gone"),
+        events.RealName("a", "A"),
     ]
     covered = {type(e) for e in samples}
     assert covered == set(events.Event.__args__)  # type: ignore[attr-defined]
