@@ -27,13 +27,19 @@ _FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_NOSIGNAL", 0)
 LINE = "hello world, a line of an ordinary length"
 
 
-def _drain(peers: list[socket.socket]) -> None:
+def _drain(peers: list[socket.socket]) -> int:
+    """Read what waits at the peers; the byte count."""
+    got = 0
     for p in peers:
         try:
-            while p.recv(65536):
-                pass
+            while True:
+                data = p.recv(65536)
+                if not data:
+                    break
+                got += len(data)
         except BlockingIOError:
             pass
+    return got
 
 
 def measure(members: int, rounds: int) -> tuple[float, float]:
@@ -57,18 +63,21 @@ def measure(members: int, rounds: int) -> tuple[float, float]:
         _drain(peers)
         rendered = f"[lobby] m0: {LINE}\n".encode()
         spent_writer = spent_floor = 0.0
+        delivered = 0
         for _ in range(rounds):
             hub.say(joined[0], LINE)
             t0 = time.thread_time()
             writer.step(0)
             spent_writer += time.thread_time() - t0
-            _drain(peers)
+            delivered += _drain(peers)
             t0 = time.thread_time()
             for s in socks:
                 s.send(rendered, _FLAGS)
             spent_floor += time.thread_time() - t0
             _drain(peers)
         n = rounds * members
+        if delivered != n * len(rendered):
+            raise RuntimeError(f"the writer delivered {delivered} bytes, not {n * len(rendered)}")
         return spent_writer / n * 1e9, spent_floor / n * 1e9
     finally:
         for s in socks + peers:
