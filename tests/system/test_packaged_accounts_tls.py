@@ -186,12 +186,12 @@ def make_certificate(box: Sandbox, directory: str, days: int = 2) -> None:
     )
 
 
-def markdown_sh_blocks(path: Path, heading: str) -> list[str]:
-    """Every ```sh block under the section ``heading`` of a markdown file."""
+def markdown_blocks(path: Path, heading: str, lang: str = "sh") -> list[str]:
+    """Every ```lang block under the section ``heading`` of a markdown file."""
     text = path.read_text()
     section = re.search(rf"^##+ {re.escape(heading)}\n(.*?)(?=^##+ |\Z)", text, re.M | re.S)
     assert section, f"no section {heading!r} in {path}"
-    return re.findall(r"^```sh\n(.*?)^```", section.group(1), re.M | re.S)
+    return re.findall(rf"^```{lang}\n(.*?)^```", section.group(1), re.M | re.S)
 
 
 def stat(box: Sandbox, path: str) -> str:
@@ -326,7 +326,7 @@ def test_the_store_survives_a_restart(box: Sandbox, clients: list[Client]) -> No
 def test_backup_while_running_and_restore_as_documented(
     box: Sandbox, clients: list[Client]
 ) -> None:
-    blocks = markdown_sh_blocks(DEPLOY / "README.md", "Accounts: the state directory and backups")
+    blocks = markdown_blocks(DEPLOY / "README.md", "Accounts: the state directory and backups")
     backup = [b for b in blocks if ".backup " in b]
     assert len(backup) == 1, blocks
     copy = re.search(r'\.backup (\S+)"', backup[0])
@@ -386,7 +386,7 @@ def test_tls_as_documented(box: Sandbox, clients: list[Client]) -> None:
 
 def install_deploy_hook(box: Sandbox) -> None:
     """docs/tls.md's certbot deploy hook, word for word, mode 0755."""
-    blocks = markdown_sh_blocks(TLS_DOC, "Where to put the files (systemd)")
+    blocks = markdown_blocks(TLS_DOC, "Where to put the files (systemd)")
     hooks = [b for b in blocks if b.startswith("#!/bin/sh")]
     assert len(hooks) == 1, blocks
     assert f"*/{DOMAIN})" in hooks[0]
@@ -478,6 +478,80 @@ def test_a_broken_certificate_on_reload_keeps_the_old_one(
     wait_event(box, "tls_reloaded", after=reloaded)
     _, served = tls_connect(box)
     assert served == good_print
+
+
+def credentials_work(box: Sandbox) -> bool:
+    """Can a service user read a LoadCredential= file in this sandbox?  (Some container
+    setups give services a credentials directory they cannot read.)"""
+    probe = box.run(
+        [
+            *("systemd-run", "-q", "--wait", "--pipe", "-p", "User=chatsvc"),
+            *("-p", f"LoadCredential=probe:{LINEAGE}/fullchain.pem"),
+            *("sh", "-c", 'cat "$CREDENTIALS_DIRECTORY/probe"'),
+        ],
+        check=False,
+        timeout=30,
+    )
+    return probe.returncode == 0 and "BEGIN CERTIFICATE" in probe.stdout
+
+
+def test_load_credential_alternative_needs_a_restart_to_renew(
+    box: Sandbox, clients: list[Client]
+) -> None:
+    """docs/tls.md's LoadCredential= drop-in and config, word for word, and its
+    claim: a reload re-reads the same copies; only a restart takes a renewal."""
+    heading = "Where to put the files (systemd)"
+    (dropin,) = markdown_blocks(TLS_DOC, heading, "ini")
+    (table,) = markdown_blocks(TLS_DOC, heading, "toml")
+    assert f"{LINEAGE}/privkey.pem" in dropin
+    credential_config = config_text(mode="registered") + "\n" + table
+    write_config(box, credential_config)
+    try:
+        # before the first start the copies do not exist: --check-config says so
+        check = box.run(
+            ["/opt/chatsvc/venv/bin/chatsvc", "--config", CONFIG, "--check-config"], check=False
+        )
+        assert check.returncode == 2, check
+        assert "/run/credentials/chatsvc.service/tls-cert" in check.stderr, check.stderr
+        if not credentials_work(box):
+            pytest.skip("a service cannot read its credentials in this container")
+        box.sh(
+            f"mkdir -p {DROPIN_DIR}\ncat > {DROPIN_DIR}/tls-credentials.conf\n"
+            "systemctl daemon-reload",
+            input=dropin,
+        )
+        box.run(["systemctl", "restart", UNIT], timeout=40)
+        wait_active(box)
+        first = file_fingerprint(box, f"{LINEAGE}/fullchain.pem")
+        old, served = tls_connect(box)
+        clients.append(old)
+        assert served == first
+        login_with_password(old, "amy", PASSWORDS["amy"])
+
+        make_certificate(box, LINEAGE)  # a renewal
+        renewed = file_fingerprint(box, f"{LINEAGE}/fullchain.pem")
+        reloaded = len(events(box, "tls_reloaded"))
+        box.run(["systemctl", "reload", UNIT])
+        event = wait_event(box, "tls_reloaded", after=reloaded)
+        assert event["fingerprint"] == first, event  # the same copies, read again
+        _, served = tls_connect(box)
+        assert served == first
+        old.send("before the restart")
+        old.expect("[lobby] amy: before the restart")
+
+        box.run(["systemctl", "restart", UNIT], timeout=40)
+        wait_active(box)
+        old.expect("* server shutting down")
+        _, served = tls_connect(box)
+        assert served == renewed
+    finally:  # back to the group-readable copies, renewed by the deploy hook
+        box.sh(f"rm -f {DROPIN_DIR}/tls-credentials.conf\nsystemctl daemon-reload")
+        write_config(box, config_text(mode="registered", tls=True))
+        renew(box)
+        box.run(["systemctl", "restart", UNIT], timeout=40)
+        wait_active(box)
+    _, served = tls_connect(box)
+    assert served == file_fingerprint(box, SERVED_CERT)
 
 
 def test_seccomp_filter_kills_nothing_with_tls_and_accounts(
