@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
+import select
 import ssl
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
@@ -232,6 +236,79 @@ def test_accounts_added_by_root_and_an_operator_land_in_the_state_directory(
     assert code != 0 and err.strip(), (code, out, err)
     code, out, _ = account(box, "list")
     assert len(re.findall(r"^(amy|ben)\s", out, re.M)) == 2, out
+
+
+class Terminal:
+    """A command inside the sandbox on a real pty made here; every read has a deadline."""
+
+    def __init__(self, box: Sandbox, argv: list[str]) -> None:
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(
+            box.command(argv), stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+        )
+        os.close(slave)
+        self.seen = b""
+
+    def expect(self, text: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text.encode() not in self.seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"expected {text!r} on the terminal; got {self.seen!r}")
+            if select.select([self.master], [], [], remaining)[0]:
+                try:
+                    data = os.read(self.master, 4096)
+                except OSError:  # EIO: the other side is closed
+                    data = b""
+                if not data:
+                    raise AssertionError(f"EOF expecting {text!r}; got {self.seen!r}")
+                self.seen += data
+
+    def type(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\n")
+
+    def finish(self, timeout: float = 15.0) -> tuple[int, str]:
+        """The exit status and everything the terminal showed."""
+        code = self.proc.wait(timeout)
+        while select.select([self.master], [], [], 0)[0]:
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            self.seen += data
+        os.close(self.master)
+        return code, self.seen.decode("utf-8", "replace")
+
+
+def test_the_documented_interactive_account_add_asks_twice_without_echo(box: Sandbox) -> None:
+    """deploy/README.md's ``chatsvc-admin account add alice`` on a terminal, as it is."""
+    (add,) = [
+        s for s in readme_commands("Accounts: the state directory and backups") if " add " in s
+    ]
+    argv = [*add.split()[:-1], "zoe"]
+    secret = password("zoe")
+
+    mismatch = Terminal(box, argv)
+    mismatch.expect("New password: ")
+    mismatch.type(secret)
+    mismatch.expect("Repeat it: ")
+    mismatch.type(secret + "x")
+    code, shown = mismatch.finish()
+    assert code != 0 and "added account" not in shown, shown
+    assert secret not in shown, shown  # no echo
+
+    term = Terminal(box, argv)
+    term.expect("New password: ")
+    term.type(secret)
+    term.expect("Repeat it: ")
+    term.type(secret)
+    code, shown = term.finish()
+    assert code == 0 and "added account zoe" in shown, shown
+    assert secret not in shown, shown
+    code, out, _ = account(box, "list")
+    assert re.search(r"^zoe\s", out, re.M), out
 
 
 def test_registered_mode_by_the_documented_config_and_reload(
