@@ -57,6 +57,7 @@ DOMAIN = "chat.example.org"
 LINEAGE = f"/etc/letsencrypt/live/{DOMAIN}"  # where certbot keeps the current files
 HOOK = "/etc/letsencrypt/renewal-hooks/deploy/chatsvc"
 SERVED_CERT = "/etc/chatsvc/tls/fullchain.pem"
+PRIVATE_KEY = "/etc/chatsvc/tls/privkey.pem"
 MAX_EXPOSURE = 2.0
 
 # Every password used here, so that the last test can look for each in the journal.
@@ -439,13 +440,17 @@ def test_tls_as_documented(box: Sandbox, clients: list[Client]) -> None:
     require(box, "openssl")
     make_certificate(box, LINEAGE)
     block = readme_block("TLS")
-    assert "install -m 0640 -o root -g chatsvc privkey.pem" in block
+    assert "install -m 0400 -o chatsvc -g chatsvc privkey.pem" in block
     started = len(events(box, "server_started"))
     write_config(box, config_text(mode="registered", tls=True))
     box.run(["bash", "-euxo", "pipefail", "-c", f"cd {LINEAGE}\n{block}"], timeout=60)
     wait_active(box)
     assert stat(box, "/etc/chatsvc/tls") == "root:chatsvc 750"
-    assert stat(box, "/etc/chatsvc/tls/privkey.pem") == "root:chatsvc 640"
+    assert stat(box, PRIVATE_KEY) == "chatsvc:chatsvc 400"
+    # the service reads the key; its operators (the group chatsvc) read the certificate only
+    as_operator = ["runuser", "-u", OPERATOR, "--", "cat"]
+    assert box.run([*as_operator, SERVED_CERT], check=False).returncode == 0
+    assert box.run([*as_operator, PRIVATE_KEY], check=False).returncode != 0
 
     expected = file_fingerprint(box, f"{LINEAGE}/fullchain.pem")
     event = wait_event(box, "server_started", after=started)
@@ -503,7 +508,7 @@ def test_a_certbot_deploy_hook_switches_the_certificate(
     event = wait_event(box, "tls_reloaded", after=reloaded)
     assert event["fingerprint"] == new_print, event
     assert main_pid(box) == pid
-    assert stat(box, "/etc/chatsvc/tls/privkey.pem") == "root:chatsvc 640"
+    assert stat(box, PRIVATE_KEY) == "chatsvc:chatsvc 400"
 
     after, served = tls_connect(box)
     clients.append(after)
