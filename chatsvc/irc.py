@@ -21,6 +21,12 @@ Threads
   everything on the session belongs to it.  The away book is shared between
   IRC sessions and guarded by its own small lock (it is IRC-only state the hub
   does not need).
+
+Accounts
+  ``PASS`` and SASL PLAIN (``AUTHENTICATE``) check a password through
+  ``Authenticator.verify`` in the reader thread, never under the hub lock; a
+  login makes the account name the nick (one name space with the line
+  protocol).
 """
 
 from __future__ import annotations
