@@ -240,6 +240,40 @@ def clean_text(text: str) -> tuple[str, Optional[str]]:
     return protocol.squeeze(text).strip(), None
 
 
+def sasl_plain(response: bytes, name_max: int) -> tuple[str, bytes] | str:
+    """A SASL PLAIN response (base64 of ``authzid NUL authcid NUL password``) to
+    (account, password), or why not (words for 904).
+
+    The authzid must be empty or the authcid (no acting as another account);
+    the authcid must be a valid chatsvc name and the password not empty.
+    """
+    try:
+        plain = base64.b64decode(response, validate=True) if response else b""
+    except (binascii.Error, ValueError):
+        return "invalid base64"
+    parts = plain.split(b"\0")
+    if len(parts) != 3 or not parts[2]:
+        return "malformed PLAIN response"
+    try:
+        authzid, authcid = parts[0].decode(), parts[1].decode()
+    except UnicodeDecodeError:
+        return "malformed PLAIN response"
+    if protocol.check_name(authcid, name_max) is not None:
+        return "malformed PLAIN response"
+    if authzid and authzid.casefold() != authcid.casefold():
+        return "authorization identity must be empty or the account"
+    return authcid, parts[2]
+
+
+def pass_split(password: bytes, name_max: int) -> tuple[Optional[str], bytes]:
+    """``PASS`` text to (account it names, password): ``name:password`` names the
+    account when ``name`` is a valid chatsvc name; else (None, the whole text)."""
+    head, sep, rest = password.partition(b":")
+    if sep and head.isascii() and protocol.check_name(head.decode(), name_max) is None:
+        return head.decode(), rest
+    return None, password
+
+
 def _chunks(text: str, room: int) -> Iterator[str]:
     """``text`` in pieces of at most ``room`` UTF-8 bytes, cut between characters."""
     data = text.encode()
@@ -826,30 +860,13 @@ class IrcSession:
 
     def _sasl_plain(self, data: bytes) -> None:
         """Check a PLAIN response (authzid NUL authcid NUL password): 900 + 903, or 904."""
-        try:
-            plain = base64.b64decode(data, validate=True) if data else b""
-        except (binascii.Error, ValueError):
-            self.reply("904", "SASL authentication failed: invalid base64")
+        decoded = sasl_plain(data, self.hub.cfg.limits.name_max_length)
+        if isinstance(decoded, str):
+            self.reply("904", "SASL authentication failed: " + decoded)
             return
-        parts = plain.split(b"\0")
-        del plain
-        authzid = authcid = ""
-        if len(parts) == 3:
-            try:
-                authzid, authcid = parts[0].decode(), parts[1].decode()
-            except UnicodeDecodeError:
-                pass
-        limit = self.hub.cfg.limits.name_max_length
-        if (
-            len(parts) != 3
-            or not parts[2]
-            or protocol.check_name(authcid, limit) is not None
-            or (authzid and authzid.casefold() != authcid.casefold())
-        ):
-            self.reply("904", "SASL authentication failed: malformed PLAIN response")
-            return
-        verdict = self._verify(authcid, parts[2])
-        del parts
+        authcid, password = decoded
+        verdict = self._verify(authcid, password)
+        del password, decoded
         if not verdict.ok:
             assert verdict.error is not None
             self.reply("904", "SASL authentication failed: " + error_text(verdict.error))
@@ -982,10 +999,9 @@ class IrcSession:
         the password is for the nick's account, and ignored if it has none.
         """
         assert self.password is not None
-        head, sep, rest = self.password.partition(b":")
-        limit = self.hub.cfg.limits.name_max_length
-        if sep and head.isascii() and protocol.check_name(head.decode(), limit) is None:
-            return head.decode(), rest
+        named, password = pass_split(self.password, self.hub.cfg.limits.name_max_length)
+        if named is not None:
+            return named, password
         if self._needs_password(nick):
             return nick, self.password
         return None, b""
