@@ -790,8 +790,11 @@ class IrcSession:
             return
         if not self.need(msg, 1):
             return
+        if not self._sasl_offered():
+            return  # no accounts (open mode): PASS means nothing here, as before
         m = self.member
-        if self.auth is not None and self.auth.plaintext_refused(m.addr, m.secure):
+        assert self.auth is not None
+        if self.auth.plaintext_refused(m.addr, m.secure):
             logsetup.log.warning("auth_failed", name=self.nick, addr=m.addr, reason="plaintext")
             self._refuse_login(events.error("password_needs_tls"))
             return
@@ -956,7 +959,10 @@ class IrcSession:
             return
         m = self.member
         nick = self.nick
-        if self.account is None and self.password is not None:
+        if self.sasl is not None:  # registered without CAP: the exchange ends unfinished
+            self.sasl = None
+            self.reply("906", "SASL authentication aborted")
+        if self.account is None and self.password is not None and self._sasl_offered():
             account, password = self._pass_account(nick)
             self.password = None
             if account is not None:
@@ -977,10 +983,10 @@ class IrcSession:
         if why is not None:
             if why.code == "name_taken":
                 self.reply("433", nick, "Nickname is already in use")
-                self.account = None  # logged in elsewhere: go on as a guest with another nick
             elif why.code == "name_banned":
                 self.reply("432", nick, "Erroneous nickname: " + error_text(why))
             self.nick = None
+            self.account = None  # held elsewhere or banned: go on as a guest, another nick
             return
         self.registered = True
         user = "".join(ch for ch in self.user if ch.isascii() and (ch.isalnum() or ch in "_.-~"))

@@ -246,6 +246,8 @@ def test_open_mode_offers_no_sasl(start: StartServer) -> None:
         c.expect(" CAP * NAK sasl")
         c.send("AUTHENTICATE PLAIN")
         assert " 904 * " in answer(c)
+        c.send("PASS bouncer:password")  # e.g. meant for a bouncer: ignored without accounts
+        assert " 001 dora " in finish(c, "dora")
 
 
 # --- PASS -------------------------------------------------------------------------
