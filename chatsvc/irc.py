@@ -21,10 +21,18 @@ Threads
   everything on the session belongs to it.  The away book is shared between
   IRC sessions and guarded by its own small lock (it is IRC-only state the hub
   does not need).
+
+Accounts
+  ``PASS`` and SASL PLAIN (``AUTHENTICATE``) check a password through
+  ``Authenticator.verify`` in the reader thread, never under the hub lock; a
+  login makes the account name the nick (one name space with the line
+  protocol).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import collections
 import fnmatch
 import functools
@@ -36,7 +44,7 @@ from collections.abc import Iterator
 from typing import Any, Callable, NamedTuple, Optional
 
 from chatsvc import __version__, events, logsetup, protocol
-from chatsvc.accounts import Authenticator, StoreError
+from chatsvc.accounts import MAX_PASSWORD_BYTES, Authenticator, StoreError, Verdict
 from chatsvc.dialects import REFUSAL_TEXT, error_text, shutdown_text
 from chatsvc.events import Event
 from chatsvc.hub import Hub, Member
@@ -59,6 +67,10 @@ WHO_MAX = 500  # users listed for a WHO with a wildcard mask
 WHOWAS_HISTORY = 200  # IRC users remembered after they leave
 MONITOR_MAX = 100  # names one connection may MONITOR (ISUPPORT MONITOR=100)
 REALNAME_MAX = 100  # characters of a real name (USER, SETNAME)
+SASL_CHUNK = 400  # base64 characters per AUTHENTICATE line (IRCv3 sasl-3.1)
+# The most base64 one SASL PLAIN response may take: two names and the longest password.
+SASL_MAX = 4 * ((MAX_PASSWORD_BYTES + 2 * 64 + 2) // 3 + 1)
+SASL_MECHANISMS = ("PLAIN",)
 # Capabilities offered; each combination gets its own dialect object.
 CAPS = (
     "away-notify",
@@ -226,6 +238,40 @@ def clean_text(text: str) -> tuple[str, Optional[str]]:
     if why is not None:
         return "", why
     return protocol.squeeze(text).strip(), None
+
+
+def sasl_plain(response: bytes, name_max: int) -> tuple[str, bytes] | str:
+    """A SASL PLAIN response (base64 of ``authzid NUL authcid NUL password``) to
+    (account, password), or why not (words for 904).
+
+    The authzid must be empty or the authcid (no acting as another account);
+    the authcid must be a valid chatsvc name and the password not empty.
+    """
+    try:
+        plain = base64.b64decode(response, validate=True) if response else b""
+    except (binascii.Error, ValueError):
+        return "invalid base64"
+    parts = plain.split(b"\0")
+    if len(parts) != 3 or not parts[2]:
+        return "malformed PLAIN response"
+    try:
+        authzid, authcid = parts[0].decode(), parts[1].decode()
+    except UnicodeDecodeError:
+        return "malformed PLAIN response"
+    if protocol.check_name(authcid, name_max) is not None:
+        return "malformed PLAIN response"
+    if authzid and authzid.casefold() != authcid.casefold():
+        return "authorization identity must be empty or the account"
+    return authcid, parts[2]
+
+
+def pass_split(password: bytes, name_max: int) -> tuple[Optional[str], bytes]:
+    """``PASS`` text to (account it names, password): ``name:password`` names the
+    account when ``name`` is a valid chatsvc name; else (None, the whole text)."""
+    head, sep, rest = password.partition(b":")
+    if sep and head.isascii() and protocol.check_name(head.decode(), name_max) is None:
+        return head.decode(), rest
+    return None, password
 
 
 def _chunks(text: str, room: int) -> Iterator[str]:
@@ -495,13 +541,16 @@ HELP = {
 # Numerics whose last parameter is a list or free text: always written with ':'.
 _TEXT_NUMERICS = frozenset({"301", "302", "303", "311", "314", "319", "322", "332", "352", "353"})
 # Commands allowed before registration; anything else gets 451.
-_BEFORE_REGISTRATION = frozenset({"CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
+_BEFORE_REGISTRATION = frozenset(
+    {"AUTHENTICATE", "CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"}
+)
 
 
 class IrcSession:
     """The reader side of one IRC connection: reads, frames, parses, calls the hub."""
 
     __slots__ = (
+        "account",
         "auth",
         "batches",
         "bucket",
@@ -511,10 +560,12 @@ class IrcSession:
         "ident",
         "member",
         "nick",
+        "password",
         "quit",
         "realname",
         "receive",
         "registered",
+        "sasl",
         "sock",
         "user",
     )
@@ -530,7 +581,7 @@ class IrcSession:
         self.hub = hub
         self.member = member
         self.sock = sock
-        self.auth = auth  # accounts: IRC has no PASS yet, so names with one are refused
+        self.auth = auth  # accounts: PASS and SASL PLAIN check passwords through it
         self.receive = receive  # TLS: the channel's plaintext; None: the socket's bytes
         self.bucket = flood_bucket(hub)
         self.caps: frozenset[str] = frozenset()
@@ -542,6 +593,9 @@ class IrcSession:
         self.ident: Optional[Ident] = None  # ours in IDENTS, once registered
         self.quit = False  # QUIT seen (and the WHOWAS entry made)
         self.batches = 0  # labeled-response batches sent (their references)
+        self.account: Optional[str] = None  # the account logged in to (SASL or PASS)
+        self.password: Optional[bytes] = None  # PASS, checked at registration; then dropped
+        self.sasl: Optional[bytearray] = None  # AUTHENTICATE PLAIN under way: base64 so far
 
     # --- wording -----------------------------------------------------------------
 
@@ -686,7 +740,11 @@ class IrcSession:
         if sub == "LS":
             if not self.registered:
                 self.cap_pending = True
-            self.send(line(self.server_name, "CAP", self.me, "LS", " ".join(CAPS)))
+            offered = list(CAPS)
+            if self._sasl_offered():
+                v302 = len(msg.params) > 1 and msg.params[1].isdigit() and int(msg.params[1]) >= 302
+                offered.append("sasl=" + ",".join(SASL_MECHANISMS) if v302 else "sasl")
+            self.send(line(self.server_name, "CAP", self.me, "LS", " ".join(sorted(offered))))
         elif sub == "LIST":
             self.send(line(self.server_name, "CAP", self.me, "LIST", " ".join(sorted(self.caps))))
         elif sub == "REQ":
@@ -697,7 +755,7 @@ class IrcSession:
             ok = bool(wanted.split())
             for item in wanted.split():
                 name = item.lstrip("-")
-                if name not in CAPS:
+                if name not in CAPS and not (name == "sasl" and self._sasl_offered()):
                     ok = False
                 elif item.startswith("-"):
                     caps.discard(name)
@@ -708,19 +766,146 @@ class IrcSession:
                 return
             self.caps = frozenset(caps)
             irc = self.hub.cfg.irc
-            self.hub.set_dialect(self.member, dialect_for(irc.server_name, irc.network, self.caps))
+            rendered = self.caps - {"sasl"}  # sasl changes nothing rendered
+            self.hub.set_dialect(self.member, dialect_for(irc.server_name, irc.network, rendered))
             self.send(line(self.server_name, "CAP", self.me, "ACK", wanted))
         elif sub == "END":
             if self.cap_pending:
                 self.cap_pending = False
+                if self.sasl is not None:  # registration ends an unfinished SASL exchange
+                    self.sasl = None
+                    self.reply("906", "SASL authentication aborted")
                 self._try_register()
         else:
             self.reply("410", msg.params[0], "Invalid CAP command")
 
     def cmd_pass(self, msg: Message) -> None:
+        """PASS before registration: the password of the nick's account (or ``name:password``).
+
+        Kept until NICK and USER are in, checked then (by ``_try_register``) if
+        the name needs one, else ignored (chatsvc has no server password).
+        """
         if self.registered:
             self.reply("462", "You may not reregister")
-        # accepted and ignored until chatsvc has accounts
+            return
+        if not self.need(msg, 1):
+            return
+        if not self._sasl_offered():
+            return  # no accounts (open mode): PASS means nothing here, as before
+        m = self.member
+        assert self.auth is not None
+        if self.auth.plaintext_refused(m.addr, m.secure):
+            logsetup.log.warning("auth_failed", name=self.nick, addr=m.addr, reason="plaintext")
+            self._refuse_login(events.error("password_needs_tls"))
+            return
+        self.password = msg.params[0].encode("utf-8", "surrogateescape")
+
+    # --- SASL (IRCv3 sasl-3.1, mechanism PLAIN) -------------------------------------
+
+    def _sasl_offered(self) -> bool:
+        """SASL is offered while accounts are on (``[auth] mode`` not ``open``)."""
+        return self.auth is not None and self.auth.mode != "open"
+
+    def cmd_authenticate(self, msg: Message) -> None:
+        if not self.need(msg, 1):
+            return
+        arg = msg.params[0]
+        if self.registered:
+            # The nick is the account name: logging in later would rename the user.
+            self.reply("462", "You may not reregister (log in with SASL before CAP END)")
+            return
+        if self.account is not None:
+            self.reply("907", "You have already authenticated using SASL")
+            return
+        if not self._sasl_offered():
+            self.reply("904", "SASL authentication failed: accounts are not enabled")
+            return
+        if self.sasl is None:
+            self._sasl_start(arg)
+            return
+        if arg == "*":
+            self.sasl = None
+            self.reply("906", "SASL authentication aborted")
+            return
+        if len(arg) > SASL_CHUNK:
+            self.sasl = None
+            self.reply("905", "SASL message too long")
+            return
+        if arg != "+":
+            self.sasl += arg.encode()
+            if len(self.sasl) > SASL_MAX:
+                self.sasl = None
+                self.reply("904", "SASL authentication failed: response too long")
+                return
+            if len(arg) == SASL_CHUNK:
+                return  # more to come (a last chunk of exactly 400 is followed by "+")
+        data, self.sasl = bytes(self.sasl), None
+        self._sasl_plain(data)
+
+    def _sasl_start(self, mechanism: str) -> None:
+        if mechanism.upper() not in SASL_MECHANISMS:
+            self.send(
+                self.num("908", ",".join(SASL_MECHANISMS), "are available SASL mechanisms"),
+                self.num("904", "SASL authentication failed"),
+            )
+            return
+        m = self.member
+        assert self.auth is not None
+        if self.auth.plaintext_refused(m.addr, m.secure):  # refuse before it is sent
+            logsetup.log.warning("auth_failed", name=self.nick, addr=m.addr, reason="plaintext")
+            self.reply(
+                "904",
+                "SASL authentication failed: " + error_text(events.error("password_needs_tls")),
+            )
+            return
+        self.sasl = bytearray()
+        self.send(line("", "AUTHENTICATE", "+"))
+
+    def _sasl_plain(self, data: bytes) -> None:
+        """Check a PLAIN response (authzid NUL authcid NUL password): 900 + 903, or 904."""
+        decoded = sasl_plain(data, self.hub.cfg.limits.name_max_length)
+        if isinstance(decoded, str):
+            self.reply("904", "SASL authentication failed: " + decoded)
+            return
+        authcid, password = decoded
+        verdict = self._verify(authcid, password)
+        del password, decoded
+        if not verdict.ok:
+            assert verdict.error is not None
+            self.reply("904", "SASL authentication failed: " + error_text(verdict.error))
+            return
+        self.account = authcid
+        who = self.nick or authcid
+        self.send(
+            self.num(
+                "900",
+                f"{who}!{self.user or who}@{self.server_name}",
+                authcid,
+                f"You are now logged in as {authcid}",
+            ),
+            self.num("903", "SASL authentication successful"),
+        )
+
+    def _verify(self, name: str, password: bytes) -> Verdict:
+        """The one password check (in this reader thread, never under the hub lock), logged."""
+        m, auth = self.member, self.auth
+        assert auth is not None
+        verdict = auth.verify(name, password, m.addr, m.secure)
+        if verdict.ok:
+            logsetup.log.info("auth_ok", name=name, addr=m.addr, protocol="irc")
+        elif verdict.reason == "throttled":
+            wait = verdict.error.params.get("seconds") if verdict.error else None
+            logsetup.log.warning("auth_throttled", name=name, addr=m.addr, seconds=wait)
+        else:
+            logsetup.log.warning("auth_failed", name=name, addr=m.addr, reason=verdict.reason)
+        return verdict
+
+    def _refuse_login(self, why: events.Error) -> None:
+        """A refused PASS: 464 with the reason, then ERROR and the connection closes."""
+        self.password = None
+        self.reply("464", "Password incorrect: " + error_text(why))
+        final = events.Raw(line("", "ERROR", "Closing link: " + error_text(why)))
+        self.hub.close(self.member, "name_rejected", final)
 
     def cmd_nick(self, msg: Message) -> None:
         if not msg.params or not msg.params[0]:
@@ -752,6 +937,9 @@ class IrcSession:
         old = self.member.name
         if old is None or nick == old:
             return
+        if nick.casefold() != old.casefold() and self.account is not None:
+            self.reply("432", nick, f"Erroneous nickname: your nick is your account name {old}")
+            return
         if nick.casefold() != old.casefold() and self._needs_password(nick):
             self.reply("432", nick, "Erroneous nickname: this name needs a password")
             return
@@ -771,9 +959,24 @@ class IrcSession:
             return
         m = self.member
         nick = self.nick
-        if self._needs_password(nick):
-            # IRC PASS/SASL is not served yet (docs/accounts.md): refuse, never let in.
-            self.reply("464", "Password required: log in to this name with the line protocol")
+        if self.sasl is not None:  # registered without CAP: the exchange ends unfinished
+            self.sasl = None
+            self.reply("906", "SASL authentication aborted")
+        if self.account is None and self.password is not None and self._sasl_offered():
+            account, password = self._pass_account(nick)
+            self.password = None
+            if account is not None:
+                verdict = self._verify(account, password)
+                del password
+                if not verdict.ok:
+                    assert verdict.error is not None
+                    self._refuse_login(verdict.error)
+                    return
+                self.account = account
+        if self.account is not None:
+            nick = self.account  # one name space: the account name is the nick
+        elif self._needs_password(nick):
+            self.reply("464", "Password required: send PASS before NICK, or log in with SASL")
             self.nick = None
             return
         why = self.hub.login(m, nick, join_default=False)
@@ -783,6 +986,7 @@ class IrcSession:
             elif why.code == "name_banned":
                 self.reply("432", nick, "Erroneous nickname: " + error_text(why))
             self.nick = None
+            self.account = None  # held elsewhere or banned: go on as a guest, another nick
             return
         self.registered = True
         user = "".join(ch for ch in self.user if ch.isascii() and (ch.isalnum() or ch in "_.-~"))
@@ -792,6 +996,21 @@ class IrcSession:
         IDENTS.put(nick, self.ident)
         logsetup.log.info("client_login", name=nick, addr=m.addr, port=m.port, protocol="irc")
         self._welcome()
+
+    def _pass_account(self, nick: str) -> tuple[Optional[str], bytes]:
+        """What PASS asks for: (account, password); account None when nothing to check.
+
+        ``PASS name:password`` names the account when ``name`` is a valid name
+        (so a password containing ':' is sent as ``NICK:password``); otherwise
+        the password is for the nick's account, and ignored if it has none.
+        """
+        assert self.password is not None
+        named, password = pass_split(self.password, self.hub.cfg.limits.name_max_length)
+        if named is not None:
+            return named, password
+        if self._needs_password(nick):
+            return nick, self.password
+        return None, b""
 
     def _needs_password(self, nick: str) -> bool:
         if self.auth is None:

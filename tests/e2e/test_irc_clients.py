@@ -44,21 +44,27 @@ needs_irssi = pytest.mark.skipif(
 class IrcServer:
     """The real entry point with its IRC listener; line and IRC ports from its log."""
 
-    def __init__(self, proc: ServerProcess, started: dict[str, Any]) -> None:
+    def __init__(self, proc: ServerProcess, started: dict[str, Any], admin: Path) -> None:
         self.proc = proc
+        self.admin = admin  # the admin socket
         self.host = str(started["host"])
         self.port = int(started["port"])
         self.irc_port = int(started["irc_port"])
 
 
 @pytest.fixture
-def irc_server(tmp_path: Path, short_tmp: Path) -> Iterator[IrcServer]:
+def irc_server(
+    request: pytest.FixtureRequest, tmp_path: Path, short_tmp: Path
+) -> Iterator[IrcServer]:
     sections = _sections({**TEST_DEFAULTS, "level": "info", "socket": str(short_tmp / "a.sock")})
     sections["irc"] = {"enabled": True, "port": 0}
+    auth = getattr(request, "param", None)  # parametrized indirectly: an [auth] section
+    if auth is not None:
+        sections["auth"] = {"store": str(tmp_path / "accounts.db"), **auth}
     path = write_config(tmp_path / "chatsvc.toml", sections)
     proc = ServerProcess(["--config", str(path)])
     try:
-        yield IrcServer(proc, proc.wait_event("server_started", 10.0))
+        yield IrcServer(proc, proc.wait_event("server_started", 10.0), short_tmp / "a.sock")
     finally:
         proc.kill()
 
@@ -66,7 +72,9 @@ def irc_server(tmp_path: Path, short_tmp: Path) -> Iterator[IrcServer]:
 class WeeChat:
     """``weechat-headless`` connected to the server as ``nick``, logging every buffer."""
 
-    def __init__(self, home: Path, server: IrcServer, nick: str) -> None:
+    def __init__(
+        self, home: Path, server: IrcServer, nick: str, settings: tuple[str, ...] = ()
+    ) -> None:
         assert WEECHAT is not None
         self.home = home
         self.nick = nick
@@ -77,6 +85,7 @@ class WeeChat:
                 "/set logger.file.time_format %H:%M:%S",
                 f"/server add {SERVER} {server.host}/{server.irc_port} -notls -nicks={nick}"
                 f" -username={nick} -realname=WeeChat",
+                *(f"/set irc.server.{SERVER}.{setting}" for setting in settings),
                 f"/connect {SERVER}",
             ]
         )
@@ -121,11 +130,11 @@ class WeeChat:
 
 
 @pytest.fixture
-def weechat(tmp_path: Path) -> Iterator[Callable[[IrcServer, str], WeeChat]]:
+def weechat(tmp_path: Path) -> Iterator[Callable[..., WeeChat]]:
     made: list[WeeChat] = []
 
-    def start(server: IrcServer, nick: str) -> WeeChat:
-        client = WeeChat(tmp_path / f"weechat-{nick}", server, nick)
+    def start(server: IrcServer, nick: str, settings: tuple[str, ...] = ()) -> WeeChat:
+        client = WeeChat(tmp_path / f"weechat-{nick}", server, nick, settings)
         made.append(client)
         return client
 
@@ -371,3 +380,39 @@ def test_irssi_and_the_console_client_chat_in_one_room(
     bob.expect("[private] ir: psst yourself")
     ir.line("/part #lobby")
     bob.expect("* ir left lobby")
+
+
+@needs_weechat
+@pytest.mark.parametrize("irc_server", [{"mode": "registered"}], indirect=True, ids=["accounts"])
+def test_weechat_logs_in_with_sasl_plain_and_chats(
+    irc_server: IrcServer, weechat: Any, console: Any
+) -> None:
+    """WeeChat's ``sasl_mechanism plain``: logged in before registration; the account
+    name is the nick (WeeChat asked for another nick and takes the one in 001)."""
+    admin = [sys.executable, "-m", "chatsvc.admin_cli", "--socket", str(irc_server.admin)]
+    added = subprocess.run(
+        [*admin, "account", "add", "alice", "--password-stdin"],
+        input="wee-secret\n",
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert added.returncode == 0, added.stderr
+    settings = ("sasl_mechanism plain", "sasl_username alice", "sasl_password wee-secret")
+    wee = weechat(irc_server, "notalice", settings)
+    wait_until(
+        lambda: any("SASL authentication successful" in ln for ln in wee.log("server")),
+        TIMEOUT,
+        what="903 in WeeChat's log",
+    )
+    assert any("You are now logged in as alice" in ln for ln in wee.log("server"))
+    wait_until(lambda: any("Welcome" in ln for ln in wee.log("server")), TIMEOUT, what="001")
+    wee.command(f"irc.server.{SERVER}", "/join #lobby")
+    wee.wait_log("#lobby", "-->\talice (alice@chatsvc) has joined #lobby")
+    bob = console(irc_server, "bob")
+    bob.expect("hello bob")
+    wee.command("irc.cs.#lobby", "hello, logged in")
+    bob.expect("[lobby] alice: hello, logged in")
+    bob.line("welcome alice")
+    wee.wait_log("#lobby", "bob\twelcome alice")
+    assert irc_server.proc.wait_event("auth_ok", TIMEOUT)["name"] == "alice"
