@@ -190,8 +190,11 @@ class ServerProcess:
 
     def _pump(self) -> None:
         assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self._lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        try:
+            for raw in self.proc.stderr:
+                self._lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        except (ValueError, OSError):  # closed by kill() while a daemon child held it open
+            pass
         self._lines.put(None)
 
     def read_event(self, timeout: float = DEFAULT_TIMEOUT) -> Optional[dict[str, Any]]:
@@ -251,6 +254,8 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        # EOF ends the pump; closing the stream under its read would break that read
+        self._reader.join(5)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
