@@ -52,8 +52,8 @@ from chatsvc.protocol import OVERLONG, Frame, LineSplitter
 from chatsvc.session import (
     DROPPED,
     PAID,
+    Reader,
     Receive,
-    flood_bucket,
     is_text,
     pay,
     read_frames,
@@ -546,27 +546,21 @@ _BEFORE_REGISTRATION = frozenset(
 )
 
 
-class IrcSession:
+class IrcSession(Reader):
     """The reader side of one IRC connection: reads, frames, parses, calls the hub."""
 
     __slots__ = (
         "account",
-        "auth",
         "batches",
-        "bucket",
         "cap_pending",
         "caps",
-        "hub",
         "ident",
-        "member",
         "nick",
         "password",
         "quit",
         "realname",
-        "receive",
         "registered",
         "sasl",
-        "sock",
         "user",
     )
 
@@ -578,12 +572,7 @@ class IrcSession:
         auth: Optional[Authenticator] = None,
         receive: Optional[Receive] = None,
     ) -> None:
-        self.hub = hub
-        self.member = member
-        self.sock = sock
-        self.auth = auth  # accounts: PASS and SASL PLAIN check passwords through it
-        self.receive = receive  # TLS: the channel's plaintext; None: the socket's bytes
-        self.bucket = flood_bucket(hub)
+        super().__init__(hub, member, sock, auth, receive)  # auth: PASS and SASL PLAIN
         self.caps: frozenset[str] = frozenset()
         self.cap_pending = False  # CAP LS/REQ seen, CAP END not yet: registration waits
         self.nick: Optional[str] = None  # wanted, before registration; the name after

@@ -154,7 +154,8 @@ class OutboundWriter:
                 other.append(m)
                 continue
             # The common case, a fan-out to members who keep up: an open plain link
-            # with nothing pending gets its bytes in one send, nothing copied.
+            # with nothing pending gets its bytes in one send, nothing copied
+            # (_try_send written out: this loop runs once per member of a fan-out).
             try:
                 n = k.sock.send(data, _SEND_FLAGS)
             except BlockingIOError:
@@ -208,11 +209,8 @@ class OutboundWriter:
             done.append((m, len(k.wbuf)))
             k.wbuf = b""
             return
-        try:
-            n = k.sock.send(k.wbuf, _SEND_FLAGS)
-        except BlockingIOError:
-            n = 0
-        except OSError:
+        n = _try_send(k.sock, k.wbuf)
+        if n < 0:
             self._send_failed(m, k, done)
             return
         if n:
@@ -261,11 +259,8 @@ class OutboundWriter:
                     return
             if not k.cbuf:
                 break
-            try:
-                n = k.sock.send(k.cbuf, _SEND_FLAGS)
-            except BlockingIOError:
-                n = 0
-            except OSError:
+            n = _try_send(k.sock, k.cbuf)
+            if n < 0:
                 k.cbuf = b""
                 self._send_failed(m, k, done)
                 return
@@ -393,6 +388,16 @@ def _close_notify(k: Link, ch: TlsChannel) -> None:
             k.sock.send(alert, _SEND_FLAGS)
     except Exception:  # a full buffer, a gone peer, a broken TLS state: EOF follows anyway
         pass
+
+
+def _try_send(sock: socket.socket, data: bytes) -> int:
+    """One non-blocking send: the bytes the kernel took (0: full), -1 if the peer is gone."""
+    try:
+        return sock.send(data, _SEND_FLAGS)
+    except BlockingIOError:
+        return 0
+    except OSError:
+        return -1
 
 
 def _shutdown(k: Link, how: int) -> None:

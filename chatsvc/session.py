@@ -37,8 +37,15 @@ RECV_SIZE = 479
 BULK_RECV_SIZE = 16384
 
 
-class Session:
-    """The reader side of one connection: reads, frames, parses, calls the hub."""
+class Reader:
+    """What a reader thread holds for its connection, whatever the protocol.
+
+    The base of ``Session`` (the line protocol) and ``irc.IrcSession``: the
+    hub, the member served, the socket (received from, never written to), the
+    TLS channel's receive function (None: the socket's own bytes), the flood
+    bucket and the account check (None: no accounts, as mode "open").  All of
+    it belongs to the reader thread.
+    """
 
     __slots__ = ("auth", "bucket", "hub", "member", "receive", "sock")
 
@@ -53,9 +60,15 @@ class Session:
         self.hub = hub
         self.member = member
         self.sock = sock
-        self.receive = receive  # TLS: the channel's plaintext; None: the socket's bytes
+        self.receive = receive
         self.bucket = flood_bucket(hub)
-        self.auth = auth  # None: no accounts at all (as mode "open")
+        self.auth = auth
+
+
+class Session(Reader):
+    """The reader side of one connection: reads, frames, parses, calls the hub."""
+
+    __slots__ = ()
 
     def tell(self, *evs: Event) -> None:
         self.hub.tell(self.member, *evs)
