@@ -160,6 +160,7 @@ def rig(
             endpoint.dialect,
             ack_room,
             tls=endpoint.tls,
+            tls_resume=endpoint.tls_resume,
         )
         holder: list[Rig] = []
         fleet = Fleet(plans, tick=lambda: holder[0].tick() if holder else None)
@@ -194,6 +195,7 @@ def login(s: Rig, clients: int, in_flight: int = IN_FLIGHT) -> Reply:
         "hist": hist,
         "elapsed": (max(lasts) - min(firsts)) if firsts and lasts else None,
         "slow_ports": [port for r in replies for port in r["slow_ports"]],
+        "tls_resumed": sum(r["tls_resumed"] for r in replies),
     }
 
 
@@ -308,7 +310,7 @@ def cpu_per(
     per: Figures = {}
     for side, index in (("server", 1), ("loadgen", 2)):
         used = after[index] - before[index]
-        per[f"{side}_cpu_us_per_{unit}{suffix}"] = round(1e6 * used / count, 1) if count else None
+        per[f"{side}_cpu_us_per_{unit}{suffix}"] = round(1e6 * used / count, 2) if count else None
     return per
 
 
@@ -348,6 +350,7 @@ def run_idle(target: Target, ctx: RunContext, p: IdleParams) -> Figures:
         "rss_mb": mb(after.rss_kb),
         "rss_per_client_kb": round((after.rss_kb - base.rss_kb) / ok, 1) if ok else None,
         **cpu_per(cpu_before, cpu_after, ok, "login"),
+        "tls_resumed": result["tls_resumed"],
         "threads": after.threads,
         "fds": after.fds,
         "all_within_10s": bool(ok == p.clients and elapsed is not None and elapsed <= 10.0),

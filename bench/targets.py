@@ -129,12 +129,14 @@ class Endpoint:
     pid: int
     dialect: str
     tls: bool = False
+    tls_resume: bool = False
 
 
 class Target:
     name = ""
     dialect = "chat"
     tls = False
+    tls_resume = False
 
     def unavailable(self) -> Optional[str]:
         """Why this target cannot run here, or None."""
@@ -164,7 +166,9 @@ class Target:
             )
         try:
             found = _wait_listening(proc, log_path, port)
-            yield Endpoint(self.name, HOST, found, proc.pid, self.dialect, self.tls)
+            yield Endpoint(
+                self.name, HOST, found, proc.pid, self.dialect, self.tls, self.tls_resume
+            )
         finally:
             stop(proc)
 
@@ -235,6 +239,14 @@ class ChatsvcTlsTarget(ChatsvcTarget):
         return argv, port
 
 
+class ChatsvcTlsResumeTarget(ChatsvcTlsTarget):
+    """``chatsvc-tls`` with load that resumes TLS sessions (TLS 1.3 tickets): each
+    load process's first login makes a full handshake, later ones offer its session."""
+
+    name = "chatsvc-tls-resume"
+    tls_resume = True
+
+
 class SeedTarget(Target):
     name = "seed"
 
@@ -286,11 +298,15 @@ def make_target(
         return ChatsvcTarget(chatsvc_module, log_level)
     if name == "chatsvc-tls":
         return ChatsvcTlsTarget(chatsvc_module, log_level)
+    if name == "chatsvc-tls-resume":
+        return ChatsvcTlsResumeTarget(chatsvc_module, log_level)
     if name == "seed":
         return SeedTarget()
     if name == "ngircd":
         return NgircdTarget()
-    raise ValueError(f"unknown target {name!r} (chatsvc, chatsvc-tls, seed, ngircd)")
+    raise ValueError(
+        f"unknown target {name!r} (chatsvc, chatsvc-tls, chatsvc-tls-resume, seed, ngircd)"
+    )
 
 
 def free_port() -> int:
