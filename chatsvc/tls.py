@@ -228,8 +228,14 @@ class TlsChannel:
         """Complete the server handshake by ``deadline`` (monotonic); TlsError if not."""
         sock = self.sock
         while True:
+            # A server's handshake starts with the client's hello: nothing to do
+            # before some of it is in (asking OpenSSL first only raises WantRead).
+            data = _recv_by(sock, deadline)
+            if not data:
+                raise TlsError("closed during handshake")
             failure: Optional[str] = None
             with self.lock:
+                self._in.write(data)
                 try:
                     self._obj.do_handshake()
                     done = True
@@ -250,11 +256,6 @@ class TlsChannel:
             if done:
                 self.established = True
                 return
-            data = _recv_by(sock, deadline)
-            if not data:
-                raise TlsError("closed during handshake")
-            with self.lock:
-                self._in.write(data)
 
     def details(self) -> tuple[str, str]:
         """(version, cipher) once established."""
