@@ -6,7 +6,9 @@ queueing (both chatsvc and ngIRCd show p99 near 5 ms there).  This probe asks
 the kernel for the arrival time of every segment (``SO_TIMESTAMPNS``), so what
 it reports is send-to-arrival time: the server plus loopback TCP, not the
 reader.  One sender process sends at a fixed rate; one process with epoll
-reads all receivers.
+reads all receivers.  Over TLS (``--targets chatsvc-tls``) the receivers keep
+their record layer in memory over the plain socket, and a line counts as
+arrived with the segment that completed its record.
 
 The floor: the same sender process also holds the other ends of R more
 connections to the reading process (no server in between), and every other

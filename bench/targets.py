@@ -2,8 +2,9 @@
 
 - ``chatsvc``: ``python -m chatsvc --config <tmp>/bench.toml --port 0``.
 - ``chatsvc-tls``: the same over TLS only (``[server] plain = false``), with a
-  self-signed certificate made by the ``openssl`` command; the load connects
-  with TLS and does not verify it.
+  self-signed ECDSA P-256 certificate made by the ``openssl`` command; the load
+  connects with TLS and does not verify it.
+- ``chatsvc-tls-resume``: ``chatsvc-tls`` with load that resumes TLS sessions.
 - ``seed``: ``python -m bench.seed_server --port 0``, the naive baseline.
 - ``ngircd``: ngIRCd in the foreground with a generated config, spoken to in IRC.
 
