@@ -25,6 +25,7 @@ from bench.scenarios import ORDER, SCENARIOS, RunContext, variants
 from bench.targets import (
     DEFAULT_LOG_LEVEL,
     LOG_LEVELS,
+    TARGET_NAMES,
     ChatsvcTarget,
     Target,
     TargetUnavailable,
@@ -44,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--all", action="store_true", help="every scenario: " + ", ".join(ORDER))
     what.add_argument("--scenario", help="comma-separated scenarios, e.g. fanout,saturate")
-    p.add_argument("--targets", default=DEFAULT_TARGETS, help=f"default {DEFAULT_TARGETS}")
+    p.add_argument(
+        "--targets",
+        default=DEFAULT_TARGETS,
+        help=f"comma-separated, of {', '.join(TARGET_NAMES)} (default {DEFAULT_TARGETS})",
+    )
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument(
         "--tls",

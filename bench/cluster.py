@@ -14,6 +14,9 @@ its baseline in the same run:
   lines delivered per second against one embedded node.
 
 Loopback only; every phase is bounded by ``--seconds`` plus a drain limit.
+
+``--soak SECONDS`` runs the soak instead (bench/soak.py): every room busy on
+2-3 nodes while a nemesis kills, pauses and cuts, then a history check.
 """
 
 from __future__ import annotations
@@ -308,6 +311,46 @@ def sequencing(
     return {"sequenced_per_s": round((after - before) / (t1 - t0))}
 
 
+def fanout_rounds(args: argparse.Namespace) -> int:
+    """Alternate embedded and cluster fan-out on the same processes; ratios per round."""
+    rounds: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="cs-bc-", dir="/tmp") as tmp:
+        work = Path(tmp)
+        with (
+            chatsvc_node(work, "solo", None) as solo,
+            redis_server(work, args.appendfsync) as rs,
+            chatsvc_node(work, "a", rs) as a,
+            chatsvc_node(work, "b", rs) as b,
+        ):
+            for i in range(args.fanout_repeat):
+                single = fanout([solo], args.receivers, args.rate, args.seconds)
+                cluster = fanout([a, b], args.receivers, args.rate, args.seconds)
+                ratio = (
+                    round(cluster["p99_ms"] / single["p99_ms"], 2) if single["p99_ms"] > 0 else -1
+                )
+                rounds.append({"single": single, "cluster": cluster, "p99_ratio": ratio})
+                print(
+                    f"round {i + 1}: p99 single {single['p99_ms']} ms,"
+                    f" cluster {cluster['p99_ms']} ms, ratio {ratio};"
+                    f" p50 {single['p50_ms']} / {cluster['p50_ms']} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    ratios = sorted(r["p99_ratio"] for r in rounds)
+    print(
+        json.dumps(
+            {
+                "appendfsync": args.appendfsync,
+                "rounds": rounds,
+                "p99_ratios": ratios,
+                "median_p99_ratio": ratios[len(ratios) // 2],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__)
     p.add_argument("--receivers", type=int, default=200)
@@ -317,7 +360,33 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--saturate-receivers", type=int, default=50)
     p.add_argument("--appendfsync", default="always", choices=["always", "everysec", "no"])
+    soak = p.add_argument_group("soak (bench/soak.py): chat under a nemesis, then a history check")
+    soak.add_argument("--soak", type=float, metavar="SECONDS", help="run the soak instead")
+    soak.add_argument("--soak-nodes", type=int, default=3, choices=[2, 3])
+    soak.add_argument("--soak-rate", type=float, default=4.0, help="lines/s per client")
+    soak.add_argument("--soak-gap", type=float, default=3.0, help="quiet seconds between faults")
+    p.add_argument(
+        "--fanout-repeat",
+        type=int,
+        metavar="N",
+        help="only the fan-out: N rounds alternating embedded and cluster, on the same"
+        " processes; each round's p99 ratio and their median",
+    )
     args = p.parse_args(argv)
+    if args.fanout_repeat is not None:
+        if not 1 <= args.fanout_repeat <= 50:
+            p.error("--fanout-repeat: between 1 and 50")
+        return fanout_rounds(args)
+    if args.soak is not None:
+        from bench import soak as soak_run
+
+        if not 5 <= args.soak <= 3600:
+            p.error("--soak: between 5 and 3600 seconds")
+        result = soak_run.soak(
+            args.soak, nodes_n=args.soak_nodes, rate=args.soak_rate, gap=args.soak_gap
+        )
+        print(json.dumps(result, indent=2))
+        return 0 if result["ok"] else 1
     out: dict[str, Any] = {"appendfsync": args.appendfsync}
     with tempfile.TemporaryDirectory(prefix="cs-bc-", dir="/tmp") as tmp:
         work = Path(tmp)

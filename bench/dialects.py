@@ -3,6 +3,9 @@
 ``chat`` is the chatsvc protocol (docs/protocol.md), spoken by chatsvc and the
 seed server. ``irc`` is enough of RFC 2812 to register, join a channel, send
 and receive PRIVMSG, and quit; rooms map to channels (``lobby`` -> ``#lobby``).
+It is spoken to chatsvc's IRC listener and to InspIRCd. ``irc-oper`` is the same
+for ngIRCd, whose sending clients also become operators to relax its flood
+protection.
 
 Every benchmark message carries ``<send time us> <sender id> <seq> <padding>``
 as its text, so a receiver can measure latency and spot gaps without knowing
@@ -56,6 +59,10 @@ class Dialect:
             return name.encode() + b"\n"
         return name.encode() + b"\n/join " + room.encode() + b"\n"
 
+    def login_next(self, line: bytes, room: str, sends: bool = False) -> Optional[bytes]:
+        """Bytes to send in answer to ``line`` while logging in, or None."""
+        return None
+
     def login_done(self, line: bytes, room: str) -> bool:
         if not room or room == DEFAULT_ROOM:
             return line.startswith(b"* hello ")
@@ -89,17 +96,25 @@ class IrcDialect(Dialect):
     # IRC servers do not send a PRIVMSG back to its sender: a dedicated
     # receiver in the sender's process reports acks instead.
     echoes = False
+    #: Senders send OPER and set user mode +F (ngIRCd only).
+    oper_senders = False
 
     def login(self, name: str, room: str, sends: bool = False) -> bytes:
         nick = name.encode()
-        hello = b"NICK " + nick + b"\r\nUSER " + nick + b" 0 * :" + nick + b"\r\n"
-        if not room:
-            return hello
-        if sends:
+        return b"NICK " + nick + b"\r\nUSER " + nick + b" 0 * :" + nick + b"\r\n"
+
+    def login_next(self, line: bytes, room: str, sends: bool = False) -> Optional[bytes]:
+        # JOIN once registered (end of the MOTD), as clients do: InspIRCd
+        # refuses commands sent before registration completes (451).
+        if not room or _numeric(line) not in (b"376", b"422"):
+            return None
+        out = b""
+        if sends and self.oper_senders:
             # Operator status only to set +F, ngIRCd's relaxed flood protection
             # (see the [Operator] block of the generated ngircd.conf).
-            hello += b"OPER bench bench\r\nMODE " + nick + b" +F\r\n"
-        return hello + b"JOIN #" + room.encode() + b"\r\n"
+            nick = line.split(b" ", 3)[2]
+            out = b"OPER bench bench\r\nMODE " + nick + b" +F\r\n"
+        return out + b"JOIN #" + room.encode() + b"\r\n"
 
     def login_done(self, line: bytes, room: str) -> bool:
         # Without a channel, registration ends with the MOTD (376) or its
@@ -113,7 +128,8 @@ class IrcDialect(Dialect):
         if line.startswith(b"ERROR"):
             return True
         code = _numeric(line)
-        return code is not None and code[:1] in (b"4", b"5")
+        # 422 (no MOTD) is an error numeric that ends registration normally.
+        return code is not None and code[:1] in (b"4", b"5") and code != b"422"
 
     def chat(self, room: str, text: bytes) -> bytes:
         return b"PRIVMSG #" + room.encode() + b" :" + text + b"\r\n"
@@ -137,6 +153,11 @@ class IrcDialect(Dialect):
         return None
 
 
+class IrcOperDialect(IrcDialect):
+    name = "irc-oper"
+    oper_senders = True
+
+
 def _numeric(line: bytes) -> Optional[bytes]:
     # ":server 001 nick :Welcome" -> b"001"
     if line[:1] != b":":
@@ -150,6 +171,8 @@ def _numeric(line: bytes) -> Optional[bytes]:
 def get(name: str) -> Dialect:
     if name == "irc":
         return IrcDialect()
+    if name == "irc-oper":
+        return IrcOperDialect()
     if name == "chat":
         return Dialect()
     raise ValueError(f"unknown dialect {name!r}")

@@ -230,6 +230,9 @@ class Client(asyncio.Protocol):
         if pong is not None:
             self.write(pong)
             return
+        more = self.dialect.login_next(line, self.spec.room, self.spec.role == ROLE_SEND)
+        if more is not None:
+            self.write(more)
         if self.dialect.login_error(line):
             self.login_error = "rejected: " + line[:60].decode("utf-8", "replace").strip()
             if not self.login_waiter.done():

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from bench import dialects
 from bench.fleet import Fleet, distribute
 from bench.loadgen import (
     ROLE_IDLE,
@@ -151,7 +152,8 @@ def rig(
 ) -> Iterator[Rig]:
     with target.running(ctx.workdir / tag) as endpoint:
         watch = ProcWatch(endpoint.pid)
-        ack_room = LOBBY if closed_loop and endpoint.dialect == "irc" else None
+        echoes = dialects.get(endpoint.dialect).echoes
+        ack_room = LOBBY if closed_loop and not echoes else None
         plans = distribute(
             clients,
             ctx.workers,

@@ -6,13 +6,17 @@
   connects with TLS and does not verify it.
 - ``chatsvc-tls-resume``: ``chatsvc-tls`` with load that resumes TLS sessions.
 - ``seed``: ``python -m bench.seed_server --port 0``, the naive baseline.
+- ``chatsvc-irc``: the same chatsvc with its IRC listener on, spoken to in IRC.
 - ``ngircd``: ngIRCd in the foreground with a generated config, spoken to in IRC.
+- ``inspircd``: InspIRCd in the foreground with a generated config, spoken to in IRC.
 
 Every server gets a high RLIMIT_NOFILE, loopback only, and its output in a
 log file under the run's temporary directory. chatsvc logs at its default
 level, ``info`` (``--log-level`` changes it, to compare), so logging is part of
 what is measured. The listening port is taken from the ``server_started`` log
-line when there is one, else from the process's own listening socket in /proc.
+line when there is one, else from the process's own listening socket in /proc;
+a target that needs its port chosen for it (the IRC servers) is ready when
+that port shows up among the process's listening sockets.
 """
 
 from __future__ import annotations
@@ -118,6 +122,37 @@ IncludeDir = {include_dir}
 """
 
 
+# Appended to CHATSVC_CONFIG for chatsvc-irc; the line-protocol listener stays.
+CHATSVC_IRC_CONFIG = """
+[irc]
+enabled = true
+host = "127.0.0.1"
+port = {port}
+"""
+
+INSPIRCD_CONFIG = """\
+# Written by the benchmark: loopback only, limits opened for load.
+<server name="bench.localhost" description="chatsvc benchmark baseline" network="bench">
+<admin name="bench" nick="bench" email="bench@localhost">
+<bind address="127.0.0.1" port="{port}" type="clients">
+# Command throttling off (threshold and rate far above any load), no fake lag,
+# no per-address limit, no DNS or ident look-ups, PINGs an hour apart.
+<connect name="bench" allow="*" timeout="60" pingfreq="3600"
+         threshold="1000000000" commandrate="1000000000" fakelag="no"
+         localmax="100000" globalmax="100000" maxconnwarn="no" limit="100000"
+         hardsendq="1M" softsendq="10240" recvq="1M"
+         resolvehostnames="no" useident="no" maxchans="20">
+<performance netbuffersize="10240" somaxconn="4096" softlimit="{softlimit}"
+             clonesonconnect="no" quietbursts="yes">
+<channels users="20" opers="60">
+<dns timeout="1">
+<security userstats="Pu" maxtargets="20">
+<options syntaxhints="no" announcets="no">
+<limits maxnick="31">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="{log}">
+"""
+
+
 class TargetUnavailable(RuntimeError):
     """The target cannot run here (not installed, did not start)."""
 
@@ -138,6 +173,8 @@ class Target:
     dialect = "chat"
     tls = False
     tls_resume = False
+    #: The field of the ``server_started`` log line that holds the port to use.
+    port_field = "port"
 
     def unavailable(self) -> Optional[str]:
         """Why this target cannot run here, or None."""
@@ -166,7 +203,7 @@ class Target:
                 preexec_fn=_server_preexec,
             )
         try:
-            found = _wait_listening(proc, log_path, port)
+            found = _wait_listening(proc, log_path, port, self.port_field)
             yield Endpoint(
                 self.name, HOST, found, proc.pid, self.dialect, self.tls, self.tls_resume
             )
@@ -248,6 +285,23 @@ class ChatsvcTlsResumeTarget(ChatsvcTlsTarget):
     tls_resume = True
 
 
+class ChatsvcIrcTarget(ChatsvcTarget):
+    """chatsvc spoken to over its IRC listener (a port chosen here: at ``warning``
+    the ``server_started`` line that would name it is not logged)."""
+
+    name = "chatsvc-irc"
+    dialect = "irc"
+    port_field = "irc_port"
+
+    def command(self, workdir: Path) -> tuple[list[str], Optional[int]]:
+        argv, _ = super().command(workdir)
+        port = free_port()
+        config = workdir / "bench.toml"
+        with open(config, "a", encoding="utf-8") as out:
+            out.write(CHATSVC_IRC_CONFIG.format(port=port))
+        return argv, port
+
+
 class SeedTarget(Target):
     name = "seed"
 
@@ -257,7 +311,7 @@ class SeedTarget(Target):
 
 class NgircdTarget(Target):
     name = "ngircd"
-    dialect = "irc"
+    dialect = "irc-oper"
 
     def __init__(self, binary: Optional[str] = None) -> None:
         self.binary = binary or find_ngircd()
@@ -282,11 +336,41 @@ class NgircdTarget(Target):
         return [self.binary, "--nodaemon", "--config", str(config)], port
 
 
+class InspircdTarget(Target):
+    name = "inspircd"
+    dialect = "irc"
+
+    def __init__(self, binary: Optional[str] = None) -> None:
+        self.binary = binary or _find_binary("inspircd")
+
+    def unavailable(self) -> Optional[str]:
+        if not self.binary:
+            return "inspircd is not installed (apt-get install inspircd)"
+        return None
+
+    def command(self, workdir: Path) -> tuple[list[str], Optional[int]]:
+        assert self.binary is not None
+        port = free_port()
+        config = workdir / "inspircd.conf"
+        text = INSPIRCD_CONFIG.format(
+            port=port, softlimit=SERVER_NOFILE - 100, log=workdir / "inspircd-ircd.log"
+        )
+        config.write_text(text, encoding="utf-8")
+        argv = [self.binary, "--nofork", "--nopid", "--config", str(config)]
+        if os.geteuid() == 0:
+            argv.append("--runasroot")  # it refuses root otherwise; it never drops it
+        return argv, port
+
+
 def find_ngircd() -> Optional[str]:
-    found = shutil.which("ngircd")
+    return _find_binary("ngircd")
+
+
+def _find_binary(name: str) -> Optional[str]:
+    found = shutil.which(name)
     if found:
         return found
-    for candidate in ("/usr/sbin/ngircd", "/usr/local/sbin/ngircd"):
+    for candidate in (f"/usr/sbin/{name}", f"/usr/local/sbin/{name}"):
         if os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -301,13 +385,26 @@ def make_target(
         return ChatsvcTlsTarget(chatsvc_module, log_level)
     if name == "chatsvc-tls-resume":
         return ChatsvcTlsResumeTarget(chatsvc_module, log_level)
+    if name == "chatsvc-irc":
+        return ChatsvcIrcTarget(chatsvc_module, log_level)
     if name == "seed":
         return SeedTarget()
     if name == "ngircd":
         return NgircdTarget()
-    raise ValueError(
-        f"unknown target {name!r} (chatsvc, chatsvc-tls, chatsvc-tls-resume, seed, ngircd)"
-    )
+    if name == "inspircd":
+        return InspircdTarget()
+    raise ValueError(f"unknown target {name!r} ({', '.join(TARGET_NAMES)})")
+
+
+TARGET_NAMES = (
+    "chatsvc",
+    "chatsvc-tls",
+    "chatsvc-tls-resume",
+    "chatsvc-irc",
+    "seed",
+    "ngircd",
+    "inspircd",
+)
 
 
 def free_port() -> int:
@@ -347,27 +444,31 @@ def _server_preexec() -> None:
             continue
 
 
-def _wait_listening(proc: subprocess.Popen[bytes], log_path: Path, port: Optional[int]) -> int:
+def _wait_listening(
+    proc: subprocess.Popen[bytes], log_path: Path, port: Optional[int], field: str = "port"
+) -> int:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise TargetUnavailable(
                 f"exited with status {proc.returncode} at start: {_tail(log_path)}"
             )
-        found = _port_from_log(log_path)
-        if found is None:
-            ports = listening_ports(proc.pid)
-            if port is not None and port in ports:
-                found = port
-            elif port is None and ports:
-                found = min(ports)
+        found: Optional[int] = None
+        if port is not None:
+            # Chosen here: listening on it is what counts (a log may name others).
+            found = port if port in listening_ports(proc.pid) else None
+        else:
+            found = _port_from_log(log_path, field)
+            if found is None:
+                ports = listening_ports(proc.pid)
+                found = min(ports) if ports else None
         if found is not None:
             return found
         time.sleep(0.05)
     raise TargetUnavailable(f"not listening after {START_TIMEOUT:.0f} s: {_tail(log_path)}")
 
 
-def _port_from_log(log_path: Path) -> Optional[int]:
+def _port_from_log(log_path: Path, field: str = "port") -> Optional[int]:
     try:
         text = log_path.read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -378,11 +479,11 @@ def _port_from_log(log_path: Path) -> Optional[int]:
         with contextlib.suppress(ValueError, TypeError):
             record = json.loads(line)
             if isinstance(record, dict) and record.get("event") == "server_started":
-                return int(record["port"])
+                return int(record[field])
         for word in line.split():
-            if word.startswith("port="):
+            if word.startswith(field + "="):
                 with contextlib.suppress(ValueError):
-                    return int(word[5:])
+                    return int(word[len(field) + 1 :])
     return None
 
 

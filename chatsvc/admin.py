@@ -492,6 +492,8 @@ class AdminServer:
             "reason": reason,
             "banned": ban if done.name_banned else 0,
             "address": done.address,
+            # a member of another node: that node bans the address (cluster mode)
+            **({"address_node": done.address_node} if done.address_node else {}),
             "also_closed": done.also_closed,
         }, name
 

@@ -453,12 +453,14 @@ def format_kick(result: Mapping[str, Any]) -> str:
         n = int(result.get("also_closed") or 0)
         text += f"; address {result['address']} banned too"
         text += f", {_plural(n, 'other connection')} closed" if n else ""
+    elif result.get("address_node"):
+        text += f"; its address banned too, by node {result['address_node']}"
     return text
 
 
 def kick_shortfall(request: Mapping[str, Any], result: Mapping[str, Any]) -> Optional[str]:
     """What a kick request asked for and did not get, or None (then exit 0)."""
-    if request.get("ban_address") and not result.get("address"):
+    if request.get("ban_address") and not result.get("address") and not result.get("address_node"):
         return (
             f"no user {result['name']} online, so the address was not banned "
             "(it is only known while the user is connected); "
@@ -489,7 +491,12 @@ def format_bans(result: Mapping[str, Any]) -> str:
     bans = result["bans"]
     if not bans:
         return "no bans"
-    rows = [(b["kind"], b["what"], format_duration(float(b["expires_in"]))) for b in bans]
+    rows: list[tuple[str, ...]] = [
+        (b["kind"], b["what"], format_duration(float(b["expires_in"]))) for b in bans
+    ]
+    if any("node" in b for b in bans):  # cluster mode: the node that set each ban
+        rows = [(*row, b.get("node") or "?") for row, b in zip(rows, bans)]
+        return table(["KIND", "WHAT", "TIME LEFT", "NODE"], rows, right={"TIME LEFT"})
     return table(["KIND", "WHAT", "TIME LEFT"], rows, right={"TIME LEFT"})
 
 

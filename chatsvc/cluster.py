@@ -29,6 +29,7 @@ Reader threads of clients talk to Redis only at login (``claim``).
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import queue
@@ -50,7 +51,8 @@ from chatsvc.wakeup import block_process_signals
 
 # Appends a batch of lines.  KEYS: the epoch, then per line its stream, sequence
 # and dedupe key.  ARGV: MAXLEN, a fresh epoch (used if there is none), then per
-# line its data, origin node and excluded member.  Returns each line's number.
+# line its data, origin node, excluded member and message id.  Returns each
+# line's number.
 APPEND = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -59,6 +61,7 @@ if not epoch then
 end
 local out = {}
 for i = 0, (#KEYS - 1) / 3 - 1 do
+  local j = 4 * i
   local dedupe = KEYS[4 + 3 * i]
   local seen = redis.call('GET', dedupe)
   if seen then
@@ -66,7 +69,7 @@ for i = 0, (#KEYS - 1) / 3 - 1 do
   else
     local seq = redis.call('INCR', KEYS[3 + 3 * i])
     redis.call('XADD', KEYS[2 + 3 * i], 'MAXLEN', '~', ARGV[1], seq .. '-0',
-               'e', epoch, 'o', ARGV[4 + 3 * i], 'x', ARGV[5 + 3 * i], 'd', ARGV[3 + 3 * i])
+               'e', epoch, 'o', ARGV[4 + j], 'x', ARGV[5 + j], 'd', ARGV[3 + j], 'm', ARGV[6 + j])
     redis.call('SET', dedupe, seq, 'EX', 600)
     out[#out + 1] = seq
   end
@@ -74,15 +77,21 @@ end
 return out
 """
 
-# KEYS: names, this node's members, this node's lease, bans
-# ARGV: casefolded name, claim token, "node|", member record
-# Returns {1}, {0} (taken), {-1} (our lease is gone), {-2, ms left} (banned).
+# KEYS: names, this node's members, this node's lease, name bans, address bans
+# ARGV: casefolded name, claim token, "node|", member record, the client's address
+# Returns {1}, {0} (taken), {-1} (our lease is gone), {-2, ms left} (name banned),
+# {-3, ms left} (address banned).
 CLAIM = """
 if redis.call('EXISTS', KEYS[3]) == 0 then return {-1} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local aban = redis.call('HGET', KEYS[5], ARGV[5])
+if aban then
+  if tonumber(aban) > now then return {-3, tonumber(aban) - now} end
+  redis.call('HDEL', KEYS[5], ARGV[5])
+end
 local ban = redis.call('HGET', KEYS[4], ARGV[1])
 if ban then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if tonumber(ban) > now then return {-2, tonumber(ban) - now} end
   redis.call('HDEL', KEYS[4], ARGV[1])
 end
@@ -93,12 +102,26 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 return {1}
 """
 
-# KEYS: bans.  ARGV: casefolded name, seconds (0: lift the ban)
+# KEYS: name bans or address bans, where bans came from.  ARGV: casefolded name
+# or address, seconds (0: lift the ban), "name:NAME" or "address:ADDR", this node.
+# An expiry is Redis's clock in ms, so every node reads the same one.
 BAN = """
-if tonumber(ARGV[2]) <= 0 then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+if tonumber(ARGV[2]) <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 return redis.call('HSET', KEYS[1], ARGV[1], now + math.floor(tonumber(ARGV[2]) * 1000))
+"""
+
+# KEYS: a room's sequence.  ARGV: the highest number this node knows was used.
+# After the store lost lines, their numbers are not given out again.
+BUMP = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) return tonumber(ARGV[1]) end
+return cur
 """
 
 # KEYS: names, this node's members.  ARGV: casefolded name, claim token
@@ -141,6 +164,7 @@ return all
 """
 
 BLOCK_MS = 1000
+REMEMBER = 1000  # delivered entries remembered per room, to recognise lost ones
 BATCH = 256
 APPEND_CHUNK = 64  # lines per script call (one call per line: 12.1k lines/s; this: 14.3k)
 RETRY_MIN, RETRY_MAX = 0.05, 1.0
@@ -176,7 +200,12 @@ class Keys:
         self.epoch = prefix + "epoch"
         self.names = prefix + "names"
         self.nodes = prefix + "nodes"
-        self.bans = prefix + "bans"
+        self.bans = prefix + "bans"  # casefolded name -> expiry (ms, Redis's clock)
+        self.address_bans = prefix + "abans"  # address -> expiry (ms, Redis's clock)
+        self.ban_origin = prefix + "bansrc"  # "name:NAME" or "address:ADDR" -> node
+
+    def ban_hash(self, kind: str) -> str:
+        return self.bans if kind == "name" else self.address_bans
 
     def stream(self, room: str) -> str:
         return f"{self.p}s:{room}"
@@ -218,6 +247,12 @@ class ClusterBackend:
         self.epoch: Optional[str] = None
         self.down_since: Optional[float] = None  # the publisher cannot reach Redis
         self.last_seq: dict[str, int] = {}
+        # What the reader delivered lately, per room: (number, message id), to
+        # recognise a store that lost lines even when new ones took their numbers.
+        self._delivered: dict[str, collections.deque[tuple[int, str]]] = {}
+        self._acked: dict[str, int] = {}  # room -> highest number Redis acknowledged
+        self._lost_upto: dict[str, int] = {}  # room -> numbers known lost (no gap notice)
+        self._verify = False  # set by the publisher: a number came back twice
         self._inbox_last = "0-0"
         self._password = read_password(ccfg.password_file)
         self._conn = self._connect()  # for claims (client threads, one at a time)
@@ -231,6 +266,7 @@ class ClusterBackend:
                 ("rooms", ROOMS),
                 ("reap", REAP),
                 ("renew", RENEW),
+                ("bump", BUMP),
             )
         }
         self._reset_lock = threading.Lock()  # one reaction to a reset store at a time
@@ -239,7 +275,8 @@ class ClusterBackend:
 
     # --- start and stop -----------------------------------------------------------
 
-    def _connect(self, timeout: Optional[float] = None) -> redis.Redis:
+    def _connect(self, timeout: Optional[float] = None, single: bool = False) -> redis.Redis:
+        """A client; ``single``: one connection, held (no pool round per command)."""
         return redis.Redis.from_url(
             self.cfg.backend,
             password=self._password,
@@ -247,6 +284,7 @@ class ClusterBackend:
             socket_connect_timeout=2.0,
             decode_responses=True,
             health_check_interval=0,
+            single_connection_client=single,
         )
 
     def start(self) -> None:
@@ -254,6 +292,7 @@ class ClusterBackend:
         try:
             self._register()
             self._load_remote()
+            self._load_address_bans()
         except redis.RedisError as exc:
             hint = ""
             if self._password is None and ("auth" in str(exc).lower() or "HELLO" in str(exc)):
@@ -337,6 +376,25 @@ class ClusterBackend:
                 members[str(key)] = (name, node, rooms)
         self.hub.set_remote(members)
 
+    def _load_address_bans(self) -> None:
+        """The cluster's address bans, so that they are refused at accept here too.
+
+        At start, and again when the node rejoins after it was reaped (its inbox
+        was emptied).  Other bans and lifts arrive through the inbox; a client
+        whose address was banned while this node could not hear of it is
+        refused at login anyway, where the claim checks the shared list.
+        """
+        shared = self.bans()
+        if shared is None:
+            return
+        addresses = {b["what"]: b["expires_in"] for b in shared if b["kind"] == "address"}
+        with self.hub.lock:
+            stale = [a for a in self.hub.address_bans if a not in addresses]
+        for address in stale:  # lifted while we could not hear of it
+            self.hub.unban(address=address, forward=False)
+        for address, left in addresses.items():
+            self.hub.ban_address(address, left, "", forward=False)
+
     # --- called by the hub (lock held: never block) ---------------------------------------
 
     def publish(
@@ -373,13 +431,21 @@ class ClusterBackend:
         try:
             with self._claim_lock:
                 got = self._scripts["claim"](
-                    keys=[k.names, k.members(self.node), k.lease(self.node), k.bans],
-                    args=[key, token, self.node + "|", record],
+                    keys=[
+                        k.names,
+                        k.members(self.node),
+                        k.lease(self.node),
+                        k.bans,
+                        k.address_bans,
+                    ],
+                    args=[key, token, self.node + "|", record, m.addr],
                 )
         except redis.RedisError:
             return events.error("cluster_unavailable")
         if got[0] == -1:  # between losing our lease and taking it again
             return events.error("cluster_unavailable")
+        if got[0] == -3:
+            return events.error("refused", reason="banned")
         if got[0] == -2:
             return events.error("name_banned", name=key, seconds=int(got[1]) / 1000)
         if not got[0]:
@@ -405,12 +471,75 @@ class ClusterBackend:
         self._control.put(("inbox", [node, "d", json.dumps(events.to_wire(event))], []))
         return self.available
 
-    def kick_remote(self, node: str, name: str, reason: str, ban_seconds: float) -> None:
-        kick = json.dumps([name, reason, ban_seconds])
+    def kick_remote(
+        self, node: str, name: str, reason: str, ban_seconds: float, ban_address: bool = False
+    ) -> None:
+        kick = json.dumps([name, reason, ban_seconds, ban_address])
         self._control.put(("inbox", [node, "kick", kick], []))
 
     def ban_name(self, key: str, seconds: float) -> None:
-        self._control.put(("ban", [key, str(seconds)], []))
+        self._control.put(("ban", ["name", key, str(seconds), ""], []))
+
+    def ban_address(self, address: str, seconds: float, reason: str) -> None:
+        self._control.put(("ban", ["address", address, str(seconds), reason], []))
+
+    def unban(self, kind: str, what: str) -> None:
+        self._control.put(("ban", [kind, what, "0", ""], []))
+
+    # Bans are written by the publisher, in order with the rest of this node's
+    # writes, so a lift never overtakes the ban it lifts.  The two reads below run
+    # in an admin thread on a connection of their own.
+
+    def ban_known(self, kind: str, what: str) -> bool:
+        k = self.keys
+        try:
+            r = self._connect()
+            try:
+                with r.pipeline(transaction=False) as p:
+                    p.time()
+                    p.hget(k.ban_hash(kind), what)
+                    (sec, usec), expiry = p.execute()
+            finally:
+                r.close()
+        except redis.RedisError:
+            return False
+        return expiry is not None and int(expiry) > int(sec) * 1000 + int(usec) // 1000
+
+    def bans(self) -> Optional[list[dict[str, Any]]]:
+        k = self.keys
+        try:
+            r = self._connect()
+            try:
+                with r.pipeline(transaction=False) as p:
+                    p.time()
+                    p.hgetall(k.bans)
+                    p.hgetall(k.address_bans)
+                    p.hgetall(k.ban_origin)
+                    (sec, usec), names, addrs, origin = p.execute()
+            finally:
+                r.close()
+        except redis.RedisError as exc:
+            logsetup.log.warning("cluster_bans_unreadable", error=str(exc))
+            return None
+        now = int(sec) * 1000 + int(usec) // 1000
+        out = []
+        for kind, table in (("name", names), ("address", addrs)):
+            for what, expiry in table.items():
+                try:
+                    left = int(expiry) - now
+                except ValueError:
+                    continue
+                if left > 0:
+                    node = origin.get(f"{kind}:{what}")
+                    out.append(
+                        {
+                            "kind": kind,
+                            "what": what,
+                            "expires_in": round(left / 1000, 1),
+                            "node": node,
+                        }
+                    )
+        return out
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every node: id, address, version, lease left, members (an admin thread)."""
@@ -451,7 +580,8 @@ class ClusterBackend:
         block_process_signals()
         # A short timeout: a line must not wait on a dead connection longer than
         # it may wait at all (appends are idempotent: a timed-out batch is retried).
-        r = self._connect(timeout=min(2.0, max(0.2, self.cfg.unavailable_after / 2)))
+        timeout = min(2.0, max(0.2, self.cfg.unavailable_after / 2))
+        r: Optional[redis.Redis] = None  # one held connection (see _reader), made when needed
         # Scripts go by EVALSHA.  (redis-py's Script objects in a pipeline ask
         # SCRIPT EXISTS before every batch: one more round trip per line batch.)
         # They are loaded again after any error: a restarted Redis has none.
@@ -478,6 +608,7 @@ class ClusterBackend:
             if not batch and not controls:
                 if self.down_since is not None:  # nothing to send: is Redis back?
                     try:
+                        r = r or self._connect(timeout=timeout, single=True)
                         r.ping()
                     except redis.RedisError:
                         self._stop.wait(delay)
@@ -486,6 +617,7 @@ class ClusterBackend:
                     self._reachable()
                 continue
             try:
+                r = r or self._connect(timeout=timeout, single=True)
                 if shas is None:
                     shas = tuple(r.script_load(t) for t in (APPEND, RELEASE, ROOMS, BAN))  # type: ignore[assignment]
                 assert shas is not None
@@ -523,12 +655,24 @@ class ClusterBackend:
         append, release, rooms, ban = shas
         epoch = secrets.token_hex(8)
         history = str(self.cfg.history)
+        if len(batch) <= APPEND_CHUNK and not controls:
+            # The usual case at chat rates: one script call, without a pipeline's
+            # own cost (its object, command stack and reply callbacks).
+            keys, args = [k.epoch], [history, epoch]
+            for a in batch:
+                keys += [k.stream(a.room), k.seq(a.room), k.dedupe(a.msgid)]
+                args += [a.data, a.origin, a.exclude, a.msgid]
+            self._acknowledged(batch, [r.evalsha(append, len(keys), *keys, *args)])
+            return
+        others: list[str] = []
+        if any(op == "ban" for op, _, _ in controls):
+            others = [str(n) for n in r.hkeys(k.nodes) if n != self.node]
         with r.pipeline(transaction=False) as p:
             for start in range(0, len(batch), APPEND_CHUNK):
                 keys, args = [k.epoch], [history, epoch]
                 for a in batch[start : start + APPEND_CHUNK]:
                     keys += [k.stream(a.room), k.seq(a.room), k.dedupe(a.msgid)]
-                    args += [a.data, a.origin, a.exclude]
+                    args += [a.data, a.origin, a.exclude, a.msgid]
                 p.evalsha(append, len(keys), *keys, *args)
             for op, args, _ in controls:
                 if op == "release":
@@ -539,8 +683,29 @@ class ClusterBackend:
                     entry = {args[1]: args[2]}
                     p.xadd(k.inbox(args[0]), entry, maxlen=1000, approximate=True)  # type: ignore[arg-type]
                 elif op == "ban":
-                    p.evalsha(ban, 1, k.bans, *args)
-            p.execute()
+                    kind, what, seconds, reason = args
+                    origin = f"{kind}:{what}"
+                    p.evalsha(
+                        ban, 2, k.ban_hash(kind), k.ban_origin, what, seconds, origin, self.node
+                    )
+                    # Every other node is told at once: an address ban closes its
+                    # connections there, a lift drops its own copy of the ban.
+                    notice = json.dumps([kind, what, float(seconds), reason])
+                    if kind == "address" or float(seconds) <= 0:
+                        for node in others:
+                            p.xadd(k.inbox(node), {"ban": notice}, maxlen=1000, approximate=True)
+            replies = p.execute()
+        self._acknowledged(batch, replies)
+
+    def _acknowledged(self, batch: list[Append], replies: list[Any]) -> None:
+        """Note the numbers Redis gave; one given a second time means lost lines."""
+        numbers = [n for reply in replies[: -(-len(batch) // APPEND_CHUNK)] for n in reply]
+        for a, n in zip(batch, numbers):
+            seq = int(n)
+            if seq <= self._acked.get(a.room, 0) and not self._verify:
+                logsetup.log.warning("cluster_number_reused", room=a.room, seq=seq)
+                self._verify = True  # the reader checks what it delivered
+            self._acked[a.room] = max(seq, self._acked.get(a.room, 0))
 
     def _drop_old(self, batch: list[Append]) -> None:
         """Lines that waited ``unavailable_after`` are dropped; their senders are told."""
@@ -563,11 +728,17 @@ class ClusterBackend:
         while not self._stop.is_set():
             try:
                 if r is None:
-                    r = self._connect()
+                    # One held connection: a pooled client checks the idle socket
+                    # (a poll) and takes the pool's lock on every XREAD.
+                    r = self._connect(single=True)
                     self._resync(r)
                 if self._reload_seq:
                     self._reload_seq = False
                     self._load_seq(r)
+                if self._verify:  # the publisher saw a number given twice
+                    self._verify = False
+                    for room in list(self.last_seq):
+                        self._verify_room(r, room)
                 streams = {
                     self.keys.stream(room): f"{seq}-0" for room, seq in self.last_seq.items()
                 }
@@ -601,37 +772,81 @@ class ClusterBackend:
             if r.get(self.keys.epoch) == self.epoch:
                 return False  # the other thread has just handled it
             self._epoch_changed("the cluster's store was reset")
+            self._delivered, self._acked = {}, {}  # numbers start again
             self._register()
             self._reload_seq = True
             self._reclaim()
         return True
 
     def _resync(self, r: redis.Redis) -> None:
-        """After (re)connecting: an epoch change or a sequence that went backwards is said."""
+        """After (re)connecting: an emptied store, or one that lost lines, is said."""
+        self._verify = False
         if self._check_reset(r):
             self._load_seq(r)
             self._reload_seq = False
             return
-        with r.pipeline(transaction=False) as p:
-            for room in self.last_seq:
-                p.get(self.keys.seq(room))
-            seqs = p.execute()
-        for room, seq in zip(list(self.last_seq), seqs):
-            now = int(seq or 0)
-            if now < self.last_seq[room]:
-                # The store lost acknowledged lines (an fsync policy that allows it):
-                # reusing their numbers would be a silent gap.  A new epoch instead.
-                self._new_epoch(r)
-                self._epoch_changed("the cluster's store lost recent lines")
-                for name in self.last_seq:
-                    self.last_seq[name] = min(self.last_seq[name], now)
-                self.last_seq[room] = now
-                break
+        for room in list(self.last_seq):
+            self._verify_room(r, room)
 
-    def _new_epoch(self, r: redis.Redis) -> None:
-        fresh = secrets.token_hex(8)
-        r.set(self.keys.epoch, fresh)
-        self.epoch = fresh
+    def _verify_room(self, r: redis.Redis, room: str) -> None:
+        """Whether the store still has what this node delivered and was acknowledged.
+
+        A Redis that acknowledged writes before they reached its disk
+        (``appendfsync everysec`` or ``no``) and then crashed comes back with a
+        room's sequence lower than what was used: its last lines are gone, and
+        new lines may already have taken their numbers.  Either shows here: the
+        sequence is below what we delivered or were acknowledged, or an entry
+        we delivered is missing or another line.  Then the members are told,
+        we continue after the last entry that is still the same, and the
+        sequence is raised past every number we know was used, so no number is
+        given to a second line from now on.
+        """
+        last = self.last_seq.get(room, 0)
+        known = max(last, self._acked.get(room, 0))
+        delivered = self._delivered.get(room) or collections.deque()
+        stream = self.keys.stream(room)
+        with r.pipeline(transaction=False) as p:
+            p.get(self.keys.seq(room))
+            p.xrange(stream, count=1)
+            if delivered:
+                p.xrange(stream, f"{delivered[0][0]}-0", f"{last}-0")
+            got = p.execute()
+        now, first = int(got[0] or 0), got[1]
+        oldest = int(first[0][0].split("-", 1)[0]) if first else now + 1  # trimmed below
+        store = (
+            {int(i.split("-", 1)[0]): f.get("m") or f.get("d", "") for i, f in got[2:][0]}
+            if delivered
+            else {}
+        )
+        same = last
+        for seq, mark in delivered:
+            if seq >= oldest and store.get(seq) != mark:
+                same = seq - 1
+                break
+        if now >= known and same == last:
+            return
+        same = min(same, now)
+        while delivered and delivered[-1][0] > same:
+            delivered.pop()
+        self.last_seq[room] = same
+        self._lost_upto[room] = int(
+            self._scripts["bump"](keys=[self.keys.seq(room)], args=[known], client=r)
+        )
+        logsetup.log.warning(
+            "cluster_lines_lost",
+            room=room,
+            delivered=last,
+            acknowledged=known,
+            store=now,
+            kept=same,
+        )
+        self.hub.announce(
+            events.Announcement(
+                "the cluster's store lost recent lines; lines sent meanwhile may be lost", room
+            ),
+            room,
+            local=True,
+        )
 
     def _epoch_changed(self, why: str) -> None:
         logsetup.log.warning("cluster_epoch_changed", why=why)
@@ -662,8 +877,8 @@ class ClusterBackend:
             if fields.get("e") != self.epoch:
                 self.epoch = fields.get("e")
                 self._epoch_changed("the cluster's store was reset")
-            elif seq > last + 1 and last:
-                missed = seq - last - 1
+            elif seq > last + 1 and last and seq - 1 > self._lost_upto.get(room, 0):
+                missed = seq - 1 - max(last, self._lost_upto.get(room, 0))
                 self.hub.announce(
                     events.Announcement(f"{missed} lines in {room} were missed", room),
                     room,
@@ -671,6 +886,10 @@ class ClusterBackend:
                 )
                 logsetup.log.warning("cluster_gap", room=room, missed=missed)
             self.last_seq[room] = seq
+            delivered = self._delivered.get(room)
+            if delivered is None:
+                delivered = self._delivered[room] = collections.deque(maxlen=REMEMBER)
+            delivered.append((seq, fields.get("m") or fields.get("d", "")))
             try:
                 event = events.from_wire(json.loads(fields["d"]))
             except (KeyError, ValueError) as exc:
@@ -687,10 +906,20 @@ class ClusterBackend:
     def _inbox(self, entries: Iterable[tuple[str, dict[str, str]]]) -> None:
         for entry_id, fields in entries:
             self._inbox_last = entry_id
+            if "ban" in fields:
+                try:
+                    kind, what, seconds, reason = json.loads(fields["ban"])
+                    self._apply_ban(str(kind), str(what), float(seconds), str(reason))
+                except (ValueError, TypeError) as exc:
+                    logsetup.log.error("cluster_bad_entry", room=None, id=entry_id, error=str(exc))
+                continue
             if "kick" in fields:
                 try:
-                    name, reason, ban = json.loads(fields["kick"])
-                    self.hub.kick(str(name), str(reason), float(ban), forward=False)
+                    name, reason, ban, *more = json.loads(fields["kick"])
+                    by_address = (
+                        bool(more[0]) if more else False
+                    )  # (absent before bans were shared)
+                    self.hub.kick(str(name), str(reason), float(ban), by_address, forward=False)
                 except (ValueError, TypeError) as exc:
                     logsetup.log.error("cluster_bad_entry", room=None, id=entry_id, error=str(exc))
                 continue
@@ -701,6 +930,18 @@ class ClusterBackend:
                 continue
             if isinstance(event, events.Private):
                 self.hub.deliver_private(event)
+
+    def _apply_ban(self, kind: str, what: str, seconds: float, reason: str) -> None:
+        """Another node's ban or lift, here too (the reader thread)."""
+        if seconds <= 0:
+            if kind == "name":
+                self.hub.unban(name=what, forward=False)
+            else:
+                self.hub.unban(address=what, forward=False)
+            logsetup.log.info("cluster_unban", kind=kind, what=what)
+        elif kind == "address":
+            closed = self.hub.ban_address(what, seconds, reason, forward=False)
+            logsetup.log.info("cluster_address_ban", address=what, seconds=seconds, closed=closed)
 
     # --- the keeper thread: lease and reaper -----------------------------------------
 
@@ -734,7 +975,8 @@ class ClusterBackend:
         # of the old one.
         old = self.incarnation
         self.incarnation = secrets.token_hex(4)
-        self._register()
+        self._register()  # (a new, empty inbox: ban notices sent meanwhile are read again)
+        self._load_address_bans()
         self._reachable()
         self._fence(old)
         logsetup.lifecycle.info("cluster_rejoined", node=self.node, incarnation=self.incarnation)

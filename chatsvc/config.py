@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,6 +300,11 @@ def _backend(v: Any, bad: Bad) -> str:
         raise bad('a Redis URL: "redis://HOST:PORT/DB", "rediss://..." or "unix:///PATH"')
     if v and any(c.isspace() for c in v):
         raise bad("a Redis URL without spaces")
+    # chatsvc reads RESP2 replies; redis-py 7.0 ignores "protocol=3" or fails on
+    # it over a Unix socket, 7.1+ switches and changes the shape of replies.
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(v).query)
+    if any(p != "2" for p in query.get("protocol", [])):
+        raise bad("a Redis URL without protocol=3 (chatsvc speaks RESP2)")
     return v
 
 

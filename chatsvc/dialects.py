@@ -128,6 +128,8 @@ def _left(e: events.Left) -> str:
 
 
 def _private(e: events.Private) -> str:
+    if e.tagmsg:  # tags only (IRC TAGMSG): nothing to show
+        return ""
     if e.echo:
         return f"[private to {e.target}] {e.sender}: {e.text}\n"
     return f"[private] {e.sender}: {e.text}\n"
@@ -146,7 +148,7 @@ _HELP = "".join(f"* {line}\n" for line in HELP_LINES)
 
 # One function per event type; each takes exactly that type.
 _LINE_TABLE: dict[type[Any], Callable[[Any], str]] = {
-    events.Chat: lambda e: f"[{e.room}] {e.sender}: {e.text}\n",
+    events.Chat: lambda e: "" if e.tagmsg else f"[{e.room}] {e.sender}: {e.text}\n",
     events.Joined: lambda e: f"* {e.name} joined {e.room}\n",
     events.Left: _left,
     events.Kicked: lambda e: f"* {e.name} was kicked ({e.reason})\n",
@@ -165,6 +167,10 @@ _LINE_TABLE: dict[type[Any], Callable[[Any], str]] = {
     events.Help: lambda e: _HELP,
     events.Error: lambda e: f"! {error_text(e)}\n",
     events.Raw: lambda e: e.text,
+    # IRC-only notifications: line-protocol members never ask for them
+    events.Presence: lambda e: "",
+    events.Away: lambda e: "",
+    events.RealName: lambda e: "",
 }
 
 

@@ -17,14 +17,27 @@ from typing import Any, NamedTuple, Optional, Union
 # --- room events: fanned out to every member of a room -----------------------------
 
 
+# Client-only message tags (IRCv3 ``+name=value``) a message carries, in order.
+Tags = tuple[tuple[str, str], ...]
+
+
 class Chat(NamedTuple):
-    """``notice``: sent as an IRC NOTICE (never auto-answered); the line protocol ignores it."""
+    """``notice``: sent as an IRC NOTICE (never auto-answered); the line protocol ignores it.
+
+    ``tags``: the sender's client-only tags, relayed to IRC members that asked
+    for them; ``msgid``: the message's id (unique per message, the same for
+    every recipient).  ``tagmsg``: a tags-only message (IRC ``TAGMSG``, no
+    text), which only IRC members with ``message-tags`` see.
+    """
 
     room: str
     sender: str
     text: str
     time: float
     notice: bool = False
+    tags: Tags = ()
+    msgid: str = ""
+    tagmsg: bool = False
 
 
 class Joined(NamedTuple):
@@ -78,7 +91,7 @@ class ShuttingDown(NamedTuple):
 
 
 class Private(NamedTuple):
-    """A private message; ``echo`` is the sender's own copy; ``notice`` as in Chat."""
+    """A private message; ``echo`` is the sender's own copy; the rest as in Chat."""
 
     sender: str
     target: str
@@ -86,6 +99,30 @@ class Private(NamedTuple):
     time: float
     echo: bool = False
     notice: bool = False
+    tags: Tags = ()
+    msgid: str = ""
+    tagmsg: bool = False
+
+
+class Presence(NamedTuple):
+    """A name someone watches (IRC ``MONITOR``) came online or went offline."""
+
+    name: str
+    online: bool
+
+
+class Away(NamedTuple):
+    """A user set (``text``) or cleared (empty) its away message (IRC ``away-notify``)."""
+
+    name: str
+    text: str
+
+
+class RealName(NamedTuple):
+    """A user changed its real name (IRC ``SETNAME``)."""
+
+    name: str
+    realname: str
 
 
 class Welcome(NamedTuple):
@@ -205,6 +242,9 @@ Event = Union[
     Help,
     Error,
     Raw,
+    Presence,
+    Away,
+    RealName,
 ]
 
 

@@ -34,6 +34,7 @@ Events
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections import Counter
@@ -76,11 +77,14 @@ class Member:
     * written by the member's reader thread only, read without the lock by
       the reaper and the views (single attribute stores): ``last_active``,
       ``throttled``;
-    * hub, guarded by ``Hub.lock``: everything else.
+    * hub, guarded by ``Hub.lock``: everything else (``watching``: the names
+      it monitors, IRC ``MONITOR``; ``capture``: while not None, replies are
+      collected there instead of queued, IRC ``labeled-response``).
     """
 
     __slots__ = (
         "addr",
+        "capture",
         "claim",
         "close_flush",
         "close_reason",
@@ -99,7 +103,9 @@ class Member:
         "rooms",
         "scheduled",
         "secure",
+        "slack",
         "throttled",
+        "watching",
     )
 
     def __init__(
@@ -127,11 +133,14 @@ class Member:
         self.msgs_sent = 0
         self.outbox: list[bytes] = []  # rendered lines the writer has not taken yet
         self.queued = 0  # bytes in ``outbox`` plus bytes the writer holds unsent
+        self.slack = 0  # how far a reply took ``queued`` past the bound (see Hub._put)
         self.scheduled = False  # on its mailbox's ``to_send`` list
         self.close_reason: Optional[str] = None  # set once closing began
         self.close_flush = True  # deliver what is queued before closing
         self.mailbox: Mailbox = _NO_WRITER  # set by Hub.add
         self.claim = ""  # the cluster's token for this member's name (cluster mode)
+        self.watching: dict[str, str] = {}  # casefolded name -> name as given (MONITOR)
+        self.capture: Optional[list[bytes]] = None  # replies held back (labeled-response)
 
     @property
     def label(self) -> str:
@@ -185,10 +194,28 @@ class RoomBackend(Protocol):
 
     def send_private(self, node: str, event: events.Private) -> bool: ...
 
-    def kick_remote(self, node: str, name: str, reason: str, ban_seconds: float) -> None: ...
+    def kick_remote(
+        self, node: str, name: str, reason: str, ban_seconds: float, ban_address: bool = False
+    ) -> None: ...
 
     def ban_name(self, key: str, seconds: float) -> None:
         """Share a name ban (0 seconds: lift it)."""
+        ...
+
+    def ban_address(self, address: str, seconds: float, reason: str) -> None:
+        """Share an address ban: every node refuses it and closes its connections."""
+        ...
+
+    def unban(self, kind: str, what: str) -> None:
+        """Lift a name or address ban on every node."""
+        ...
+
+    def ban_known(self, kind: str, what: str) -> bool:
+        """A shared ban in force on a name or address (an admin thread; may wait)."""
+        ...
+
+    def bans(self) -> Optional[list[dict[str, Any]]]:
+        """Every shared ban, None if the cluster cannot say (an admin thread; may wait)."""
         ...
 
     def nodes(self) -> list[dict[str, Any]]:
@@ -224,11 +251,25 @@ class LocalBackend:
     def send_private(self, node: str, event: events.Private) -> bool:
         return False
 
-    def kick_remote(self, node: str, name: str, reason: str, ban_seconds: float) -> None:
+    def kick_remote(
+        self, node: str, name: str, reason: str, ban_seconds: float, ban_address: bool = False
+    ) -> None:
         pass
 
     def ban_name(self, key: str, seconds: float) -> None:
         pass
+
+    def ban_address(self, address: str, seconds: float, reason: str) -> None:
+        pass
+
+    def unban(self, kind: str, what: str) -> None:
+        pass
+
+    def ban_known(self, kind: str, what: str) -> bool:
+        return False
+
+    def bans(self) -> Optional[list[dict[str, Any]]]:
+        return None
 
     def nodes(self) -> list[dict[str, Any]]:
         return []
@@ -241,6 +282,7 @@ class KickResult(NamedTuple):
     name_banned: bool  # the name is banned (until the ban's expiry)
     address: Optional[str]  # the address banned too (only known for a kicked user)
     also_closed: int  # other connections from that address closed by the address ban
+    address_node: Optional[str] = None  # another node's member: that node bans its address
 
 
 class Hub:
@@ -262,6 +304,10 @@ class Hub:
         # room -> casefolded name -> display name, and name -> node.
         self.remote_rooms: dict[str, dict[str, str]] = {r: {} for r in cfg.rooms.names}
         self.remote_nodes: dict[str, str] = {}
+        # casefolded name -> the members watching it (IRC MONITOR; bounded per member)
+        self.watchers: dict[str, dict[Member, None]] = {}
+        self._msgid_prefix = secrets.token_hex(4)  # message ids unique across nodes/restarts
+        self._msgid_seq = 0
         # counters
         self.messages_in = 0
         self.bytes_in = 0
@@ -289,19 +335,27 @@ class Hub:
     def _put(self, m: Member, event: Event, reply: bool = False) -> int:
         """Render ``event`` for ``m`` and append it to its outbox; lock held.
 
-        Past ``send_queue_bytes`` the member is cut (it stopped reading) -- except
-        for a ``reply`` to its own request while its queue is within the bound:
-        a reply the server generates may take the queue over the bound once, by
-        its own size, so asking never gets the asker cut.  Returns the bytes queued.
+        The send-queue bound (see ``collect``): a ``reply`` to the member's own
+        request, made while its queue is within ``send_queue_bytes``, may take
+        the queue over the bound once, by its own size (``slack``), so asking
+        never gets the asker cut.  Returns the bytes queued.
         """
         if m.close_reason is not None and not m.close_flush:
             return 0
         line = m.dialect.render(event)
+        if not line:
+            return 0
+        if reply and m.capture is not None:  # sent later, labeled (see ``capture``)
+            m.capture.append(line)
+            return len(line)
         cap = self.cfg.limits.send_queue_bytes
         q = m.queued + len(line)
-        if q > cap and m.close_reason is None and not (reply and m.queued <= cap):
-            self._begin_close(m, "send_queue_exceeded", None, flush=False)
-            return 0
+        if q > cap + m.slack and m.close_reason is None:
+            if reply and m.queued <= cap:
+                m.slack = q - cap
+            elif q > 2 * cap + m.slack:
+                self._begin_close(m, "send_queue_exceeded", None, flush=False)
+                return 0
         m.queued = q
         m.outbox.append(line)
         if not m.scheduled:
@@ -321,7 +375,7 @@ class Hub:
 
         Lock held.
         """
-        cap = self.cfg.limits.send_queue_bytes
+        hard = 2 * self.cfg.limits.send_queue_bytes  # the bound at enqueue (see collect)
         over: list[Member] = []
         rendered: dict[Dialect, bytes] = {}
         dialect: Optional[Dialect] = None
@@ -335,8 +389,10 @@ class Hub:
                 dialect = m.dialect
                 line = rendered.get(dialect) or rendered.setdefault(dialect, dialect.render(event))
                 n = len(line)
+            if not n:  # nothing for this dialect (an IRC TAGMSG for a line client)
+                continue
             q = m.queued + n
-            if q > cap:
+            if q > hard + m.slack:
                 over.append(m)
                 continue
             m.queued = q
@@ -378,22 +434,35 @@ class Hub:
         if isinstance(event, events.Joined):
             key = event.name.casefold()
             self.remote_rooms[room][key] = event.name
+            if self.remote_nodes.get(key) is None:
+                self._presence(key, event.name, True)
             self.remote_nodes[key] = node
         elif isinstance(event, events.Renamed):
             old, new = event.old.casefold(), event.new.casefold()
             self.remote_rooms[room].pop(old, None)
             self.remote_rooms[room][new] = event.new
-            self.remote_nodes.pop(old, None)
+            known = self.remote_nodes.pop(old, None) is not None
+            if old != new:  # a change of case only is no news to watchers
+                if known:
+                    self._presence(old, event.old, False)
+                if new not in self.remote_nodes:
+                    self._presence(new, event.new, True)
             self.remote_nodes[new] = node
         elif isinstance(event, (events.Left, events.Kicked)):
             key = event.name.casefold()
             self.remote_rooms[room].pop(key, None)
-            if not any(key in names for names in self.remote_rooms.values()):
-                self.remote_nodes.pop(key, None)
+            moving = isinstance(event, events.Left) and event.reason == "moved"
+            if (
+                not moving
+                and not any(key in names for names in self.remote_rooms.values())
+                and self.remote_nodes.pop(key, None) is not None
+            ):
+                self._presence(key, event.name, False)
 
     def set_remote(self, members: dict[str, tuple[str, str, list[str]]]) -> None:
         """Replace the mirror of other nodes' members: key -> (name, node, rooms)."""
         with self.lock:
+            before = {k: self._remote_name(k) for k in self.remote_nodes}
             self.remote_rooms = {r: {} for r in self.rooms}
             self.remote_nodes = {}
             for key, (name, node, rooms) in members.items():
@@ -401,6 +470,119 @@ class Hub:
                 for room in rooms:
                     if room in self.remote_rooms:
                         self.remote_rooms[room][key] = name
+            for key, old_name in before.items():
+                if key not in members:
+                    self._presence(key, old_name, False)
+            for key, (name, _, _) in members.items():
+                if key not in before:
+                    self._presence(key, name, True)
+            owed = self._owed()
+        _wake(owed)
+
+    def _remote_name(self, key: str) -> str:
+        """The display name of another node's member; lock held."""
+        return next((names[key] for names in self.remote_rooms.values() if key in names), key)
+
+    # --- presence (IRC MONITOR) and notifications about a user (lock held) ---------
+
+    def _presence(self, key: str, name: str, online: bool) -> None:
+        """Tell the members watching ``key`` that ``name`` came online or left; lock held."""
+        watching = self.watchers.get(key)
+        if watching:
+            event = events.Presence(name, online)
+            for w in watching:
+                self.bytes_out += self._put(w, event)
+
+    def _online(self, key: str) -> Optional[str]:
+        """The display name of the user holding ``key`` on any node, or None; lock held."""
+        m = self.by_name.get(key)
+        if m is not None and m.close_reason is None:
+            return m.name
+        if key in self.remote_nodes:
+            return self._remote_name(key)
+        return None
+
+    def watch(
+        self, m: Member, names: list[str], limit: int
+    ) -> tuple[list[tuple[str, Optional[str]]], list[str]]:
+        """Add ``names`` to what ``m`` watches (at most ``limit`` names in all).
+
+        Returns (name, online display name or None) for each name now watched,
+        and the names refused because the list is full.
+        """
+        added: list[tuple[str, Optional[str]]] = []
+        refused: list[str] = []
+        with self.lock:
+            for name in names:
+                key = name.casefold()
+                if key not in m.watching and len(m.watching) >= limit:
+                    refused.append(name)
+                    continue
+                m.watching.setdefault(key, name)
+                self.watchers.setdefault(key, {})[m] = None
+                added.append((name, self._online(key)))
+        return added, refused
+
+    def unwatch(self, m: Member, names: Optional[list[str]] = None) -> None:
+        """Stop watching ``names`` (None: every name)."""
+        with self.lock:
+            self._unwatch(m, list(m.watching) if names is None else [n.casefold() for n in names])
+
+    def _unwatch(self, m: Member, keys: list[str]) -> None:
+        for key in keys:
+            if m.watching.pop(key, None) is not None:
+                watching = self.watchers.get(key)
+                if watching is not None:
+                    watching.pop(m, None)
+                    if not watching:
+                        del self.watchers[key]
+
+    def watched(self, m: Member) -> list[tuple[str, Optional[str]]]:
+        """What ``m`` watches: (name as given, online display name or None)."""
+        with self.lock:
+            return [(name, self._online(key)) for key, name in m.watching.items()]
+
+    def share(
+        self, m: Member, event: Event, room: Optional[str] = None, echo: bool = False
+    ) -> None:
+        """Tell ``event`` (about ``m``) once to every local member sharing a room with it.
+
+        Only ``room``'s members when given; otherwise also those watching ``m``
+        whose dialect follows watched users (``follows_watched``: IRC
+        ``extended-monitor``).  ``echo``: ``m`` gets it too.  Each recipient's
+        dialect decides whether it shows it (IRC ``away-notify``, ``setname``).
+        """
+        with self.lock:
+            if m.name is None or m.close_reason is not None:
+                return
+            to: dict[Member, None] = {}
+            for r in [room] if room is not None else list(m.rooms):
+                to.update(self.rooms.get(r, {}))
+            if room is None and m.key is not None:
+                for w in self.watchers.get(m.key, {}):
+                    if getattr(w.dialect, "follows_watched", False):
+                        to[w] = None
+            to.pop(m, None)
+            if echo:
+                to[m] = None
+            for x in to:
+                self.bytes_out += self._put(x, event, reply=x is m)
+            owed = self._owed()
+        _wake(owed)
+
+    def capture(self, m: Member, on: bool) -> Optional[list[bytes]]:
+        """Start (``on``) or end collecting ``m``'s replies instead of queueing them.
+
+        Ending returns what was collected, for the session to label and
+        ``tell`` (IRC ``labeled-response``); None if ``m`` is closing.
+        """
+        with self.lock:
+            held, m.capture = m.capture, ([] if on else None)
+            return None if on or m.close_reason is not None else held or []
+
+    def _msgid(self) -> str:
+        self._msgid_seq += 1
+        return f"{self._msgid_prefix}{self._msgid_seq:x}"
 
     def deliver_private(self, event: events.Private) -> None:
         """A private message from another node for a member of this one."""
@@ -460,6 +642,9 @@ class Hub:
             if taken:
                 return events.error("name_taken", name=name)
             claimed = self.backend.claim(m, key)
+            if claimed is not None and claimed.code == "refused":  # a cluster-wide address ban
+                self.close(m, "banned", claimed)
+                return claimed
             if claimed is not None:
                 if claimed.code in ("name_taken", "name_banned"):  # worded as typed
                     return events.error(claimed.code, **{**claimed.params, "name": name})
@@ -472,6 +657,7 @@ class Hub:
             m.name, m.key = name, key
             self.by_name[key] = m
             self.logins += 1
+            self._presence(key, name, True)
             room: Optional[str] = None
             if join_default:
                 room = self.cfg.rooms.default
@@ -548,10 +734,13 @@ class Hub:
                 return refusal
             if m.claim != old_claim and m.key is not None:
                 self.backend.release_name(m.key, old_claim)
-            old = m.name or "?"
-            del self.by_name[m.key or ""]
+            old, old_key = m.name or "?", m.key or ""
+            del self.by_name[old_key]
             m.name, m.key = name, key
             self.by_name[key] = m
+            if old_key != key:  # a change of case only is no news to watchers
+                self._presence(old_key, old, False)
+                self._presence(key, name, True)
             self.backend.rooms_changed(m)
             for room in m.rooms:
                 self._announce_membership(room, events.Renamed(room, old, name), m)
@@ -611,7 +800,13 @@ class Hub:
         return None
 
     def say(
-        self, m: Member, text: str, room: Optional[str] = None, notice: bool = False
+        self,
+        m: Member,
+        text: str,
+        room: Optional[str] = None,
+        notice: bool = False,
+        tags: events.Tags = (),
+        tagmsg: bool = False,
     ) -> Optional[str]:
         """Chat to ``room`` (default: ``m``'s one room); returns the room (None if not in it).
 
@@ -629,14 +824,28 @@ class Hub:
             self.bytes_in += len(text.encode())
             m.msgs_sent += 1
             exclude = None if m.dialect.echo_own else m
-            chat = events.Chat(room, m.name, text, time.time(), notice)
-            if not self.backend.publish(room, chat, exclude):
+            now = time.time()
+            chat = events.Chat(room, m.name, text, now, notice, tags, self._msgid(), tagmsg)
+            # A labeled request (m.capture) gets its echo as a reply; locally that
+            # keeps the room's order, since the fan-out happens under this lock.
+            own_echo = exclude is None and m.capture is not None and not self.backend.spans_nodes
+            if not self.backend.publish(room, chat, m if own_echo else exclude):
                 self._put(m, events.error("cluster_unavailable"), reply=True)
+            elif own_echo:
+                self._put(m, chat, reply=True)
             owed = self._owed()
         _wake(owed)
         return room
 
-    def private(self, m: Member, target: str, text: str, notice: bool = False) -> Optional[Error]:
+    def private(
+        self,
+        m: Member,
+        target: str,
+        text: str,
+        notice: bool = False,
+        tags: events.Tags = (),
+        tagmsg: bool = False,
+    ) -> Optional[Error]:
         """A private message; why not, if the target is unknown."""
         with self.lock:
             key = target.casefold()
@@ -647,15 +856,20 @@ class Hub:
             if peer is not None and peer.close_reason is not None:
                 return events.error("no_such_user", name=target)
             now = time.time()
+            msgid = self._msgid()
             if peer is not None:
                 peer_name = peer.name or target
-                msg = events.Private(m.name, peer_name, text, now, notice=notice)
+                msg = events.Private(
+                    m.name, peer_name, text, now, False, notice, tags, msgid, tagmsg
+                )
                 self.bytes_out += self._put(peer, msg)
             else:
                 peer_name = next(
                     (names[key] for names in self.remote_rooms.values() if key in names), target
                 )
-                msg = events.Private(m.name, peer_name, text, now, notice=notice)
+                msg = events.Private(
+                    m.name, peer_name, text, now, False, notice, tags, msgid, tagmsg
+                )
                 if node is None or not self.backend.send_private(node, msg):
                     return events.error("cluster_unavailable")
             self.messages_in += 1
@@ -756,6 +970,9 @@ class Hub:
         if m.key is not None and self.by_name.get(m.key) is m:
             del self.by_name[m.key]
             self.backend.release(m)
+            self._presence(m.key, m.name or m.key, False)
+        if m.watching:
+            self._unwatch(m, list(m.watching))
 
     def close(
         self,
@@ -824,11 +1041,13 @@ class Hub:
             m = self.by_name.get(key)
             if ban_seconds > 0:
                 self.bans[key] = time.monotonic() + ban_seconds
-                self.backend.ban_name(key, ban_seconds)
+                if forward:  # (a kick forwarded here: the node asked shared it)
+                    self.backend.ban_name(key, ban_seconds)
             kicked = m is not None and m.close_reason is None
             node = self.remote_nodes.get(key) if m is None and forward else None
+            by_node = ban_address and ban_seconds > 0
             if node is not None:  # a member of another node: its node kicks it
-                self.backend.kick_remote(node, name, reason, ban_seconds)
+                self.backend.kick_remote(node, name, reason, ban_seconds, by_node)
                 kicked = True
             if m is not None and kicked:
                 self.kicks += 1
@@ -838,10 +1057,12 @@ class Hub:
                 if ban_address and ban_seconds > 0:
                     address = m.addr
                     self.address_bans[address] = time.monotonic() + ban_seconds
+                    self.backend.ban_address(address, ban_seconds, reason)
                     also = self._close_address(address, reason)
             owed = self._owed()
         _wake(owed)
-        return KickResult(kicked, ban_seconds > 0, address, also)
+        address_node = node if node is not None and by_node else None
+        return KickResult(kicked, ban_seconds > 0, address, also, address_node)
 
     def _close_address(self, address: str, reason: str) -> int:
         """Close every open connection from ``address`` as kicked; lock held."""
@@ -854,38 +1075,59 @@ class Hub:
                 n += 1
         return n
 
-    def ban_address(self, address: str, seconds: float, reason: str) -> int:
-        """Ban an address for ``seconds``; closes its connections, returns how many."""
+    def ban_address(self, address: str, seconds: float, reason: str, forward: bool = True) -> int:
+        """Ban an address for ``seconds``; closes its connections, returns how many.
+
+        In cluster mode the ban is shared (``forward``): every node closes that
+        address's connections and refuses it at login.
+        """
         with self.lock:
             self.address_bans[address] = time.monotonic() + seconds
+            if forward:
+                self.backend.ban_address(address, seconds, reason)
             n = self._close_address(address, reason)
             self.kicks += n
             owed = self._owed()
         _wake(owed)
         return n
 
-    def unban(self, name: Optional[str] = None, address: Optional[str] = None) -> bool:
-        """Lift a name or address ban; False if there was none."""
+    def unban(
+        self, name: Optional[str] = None, address: Optional[str] = None, forward: bool = True
+    ) -> bool:
+        """Lift a name or address ban; False if there was none.
+
+        In cluster mode (``forward``) the ban is lifted on every node, and it
+        counts as found if any node had set it.
+        """
+        kind, what = ("name", name.casefold()) if name is not None else ("address", address or "")
+        shared = forward and self.backend.spans_nodes and self.backend.ban_known(kind, what)
         with self.lock:
-            found = False
-            if name is not None:
-                found = self.bans.pop(name.casefold(), None) is not None
-                self.backend.ban_name(name.casefold(), 0)
-            if address is not None:
-                found = self.address_bans.pop(address, None) is not None or found
-            return found
+            if kind == "name":
+                found = self.bans.pop(what, None) is not None
+            else:
+                found = self.address_bans.pop(what, None) is not None
+            if forward:
+                self.backend.unban(kind, what)
+        return found or shared
 
     def ban_list(self) -> list[dict[str, Any]]:
-        """Bans in force: kind, what, seconds left."""
+        """Bans in force: kind, what, seconds left (cluster mode: every node's, and whose)."""
+        shared = self.backend.bans() if self.backend.spans_nodes else None
         now = time.monotonic()
         with self.lock:
             names = [("name", k, e) for k, e in self.bans.items()]
             addrs = [("address", a, e) for a, e in self.address_bans.items()]
-        return [
-            {"kind": kind, "what": what, "expires_in": round(expiry - now, 1)}
+        node = {"node": self.backend.node_id} if self.backend.spans_nodes else {}
+        local = [
+            {"kind": kind, "what": what, "expires_in": round(expiry - now, 1), **node}
             for kind, what, expiry in names + addrs
             if expiry > now
         ]
+        if shared is None:
+            return local
+        # The cluster's list, plus this node's bans it does not have yet (queued).
+        known = {(b["kind"], b["what"]) for b in shared}
+        return shared + [b for b in local if (b["kind"], b["what"]) not in known]
 
     def announce(self, event: RoomEvent, room: Optional[str] = None, local: bool = False) -> int:
         """A server event to one room or to every room; how many members got it.
@@ -957,28 +1199,48 @@ class Hub:
     # --- the writers' side ---------------------------------------------------------
 
     def collect(self, box: Mailbox) -> Batch:
-        """Take a writer's mailbox: the bytes to send, the closes and retirements."""
+        """Take a writer's mailbox: the bytes to send, the closes and retirements.
+
+        The send-queue bound is judged here, where the count is exact: a member
+        whose writer still holds more than ``send_queue_bytes`` (plus a reply's
+        ``slack``) from earlier sends has stopped reading and is cut.  Judged at
+        enqueue time the count could still include bytes the writer had handed
+        to the kernel but not yet reported through ``sent``, and a client quick
+        to answer a long reply was cut for bytes it had already read.  Between
+        two collects the enqueueing side holds each queue to twice the bound.
+        """
         with self.lock:
             box.wake_owed = False
+            cap = self.cfg.limits.send_queue_bytes
             sends: list[tuple[Member, bytes]] = []
-            for m in box.to_send:
+            for m in box.to_send:  # a cut below may append (its leave notice): seen too
                 m.scheduled = False
                 out = m.outbox
                 if out:
-                    sends.append((m, b"".join(out) if len(out) > 1 else out[0]))
+                    data = b"".join(out) if len(out) > 1 else out[0]
+                    if m.queued - len(data) > cap + m.slack and m.close_reason is None:
+                        self._begin_close(m, "send_queue_exceeded", None, flush=False)
+                        continue
+                    sends.append((m, data))
                     m.outbox = []
                 else:  # poked: its writer has bytes of its own (TLS) to send
                     sends.append((m, b""))
             closes = [(m, m.close_flush) for m in box.to_close]
             retires = [(m, m.close_flush) for m in box.to_retire]
             box.to_send, box.to_close, box.to_retire = [], [], []
-            return Batch(sends, closes, retires, box.stop)
+            batch = Batch(sends, closes, retires, box.stop)
+            owed = self._owed()  # a cut told its rooms: other writers may have work
+        _wake(owed)
+        return batch
 
     def sent(self, done: list[tuple[Member, int]]) -> None:
         """A writer sent (or dropped) these many bytes of these members' queues."""
         with self.lock:
+            cap = self.cfg.limits.send_queue_bytes
             for m, n in done:
                 m.queued -= n
+                if m.slack and m.queued <= cap:
+                    m.slack = 0
 
     def stop_writer(self, box: Mailbox) -> None:
         with self.lock:

@@ -21,10 +21,18 @@ Threads
   everything on the session belongs to it.  The away book is shared between
   IRC sessions and guarded by its own small lock (it is IRC-only state the hub
   does not need).
+
+Accounts
+  ``PASS`` and SASL PLAIN (``AUTHENTICATE``) check a password through
+  ``Authenticator.verify`` in the reader thread, never under the hub lock; a
+  login makes the account name the nick (one name space with the line
+  protocol).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import collections
 import fnmatch
 import functools
@@ -36,7 +44,7 @@ from collections.abc import Iterator
 from typing import Any, Callable, NamedTuple, Optional
 
 from chatsvc import __version__, events, logsetup, protocol
-from chatsvc.accounts import Authenticator, StoreError
+from chatsvc.accounts import MAX_PASSWORD_BYTES, Authenticator, StoreError, Verdict
 from chatsvc.dialects import REFUSAL_TEXT, error_text, shutdown_text
 from chatsvc.events import Event
 from chatsvc.hub import Hub, Member
@@ -52,13 +60,31 @@ from chatsvc.session import (
 )
 
 MAX_BODY = 510  # bytes of a line without tags and CRLF (RFC 1459: 512 with CRLF)
-MAX_TAGS = 8191  # bytes of the tags part, '@' and the trailing space included (IRCv3)
+MAX_TAGS = 4096  # bytes of a client's tags part, '@' and the trailing space included (IRCv3)
 MAX_PARAMS = 15
 MAX_TARGETS = 4  # per PRIVMSG/NOTICE/JOIN/PART/WHOIS
 WHO_MAX = 500  # users listed for a WHO with a wildcard mask
 WHOWAS_HISTORY = 200  # IRC users remembered after they leave
+MONITOR_MAX = 100  # names one connection may MONITOR (ISUPPORT MONITOR=100)
+REALNAME_MAX = 100  # characters of a real name (USER, SETNAME)
+SASL_CHUNK = 400  # base64 characters per AUTHENTICATE line (IRCv3 sasl-3.1)
+# The most base64 one SASL PLAIN response may take: two names and the longest password.
+SASL_MAX = 4 * ((MAX_PASSWORD_BYTES + 2 * 64 + 2) // 3 + 1)
+SASL_MECHANISMS = ("PLAIN",)
 # Capabilities offered; each combination gets its own dialect object.
-CAPS = ("echo-message", "multi-prefix", "server-time", "userhost-in-names")
+CAPS = (
+    "away-notify",
+    "batch",
+    "cap-notify",
+    "echo-message",
+    "extended-monitor",
+    "labeled-response",
+    "message-tags",
+    "multi-prefix",
+    "server-time",
+    "setname",
+    "userhost-in-names",
+)
 # IRC formatting codes (bold, colour, reset, reverse, italic, strike, underline,
 # monospace): stripped from what IRC clients send, because line-protocol members'
 # terminals would act on them.  Colour codes take their digits with them.
@@ -92,7 +118,7 @@ def parse_line(raw: bytes) -> Optional[Message]:
     """One line (terminator removed) to a Message; None for a blank line.
 
     Raises IrcParseError for a line over the limits (512 bytes with CRLF, plus
-    8191 for tags) or one that is not UTF-8.
+    4096 for a client's tags) or one that is not UTF-8.
     """
     tags: dict[str, str] = {}
     if raw.startswith(b"@"):
@@ -139,6 +165,17 @@ def _command_guess(raw: bytes) -> str:
 
 
 _TAG_UNESCAPE = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
+_TAG_ESCAPE = str.maketrans({";": "\\:", " ": "\\s", "\\": "\\\\", "\r": "\\r", "\n": "\\n"})
+
+
+def escape_tag(value: str) -> str:
+    """A tag value as written on the wire (IRCv3 message-tags escaping)."""
+    return value.translate(_TAG_ESCAPE)
+
+
+def client_tags(tags: dict[str, str]) -> events.Tags:
+    """The client-only tags (``+name``) of a client's message: the ones relayed."""
+    return tuple((k, v) for k, v in tags.items() if k.startswith("+") and len(k) > 1)
 
 
 def _parse_tags(text: str) -> dict[str, str]:
@@ -203,6 +240,40 @@ def clean_text(text: str) -> tuple[str, Optional[str]]:
     return protocol.squeeze(text).strip(), None
 
 
+def sasl_plain(response: bytes, name_max: int) -> tuple[str, bytes] | str:
+    """A SASL PLAIN response (base64 of ``authzid NUL authcid NUL password``) to
+    (account, password), or why not (words for 904).
+
+    The authzid must be empty or the authcid (no acting as another account);
+    the authcid must be a valid chatsvc name and the password not empty.
+    """
+    try:
+        plain = base64.b64decode(response, validate=True) if response else b""
+    except (binascii.Error, ValueError):
+        return "invalid base64"
+    parts = plain.split(b"\0")
+    if len(parts) != 3 or not parts[2]:
+        return "malformed PLAIN response"
+    try:
+        authzid, authcid = parts[0].decode(), parts[1].decode()
+    except UnicodeDecodeError:
+        return "malformed PLAIN response"
+    if protocol.check_name(authcid, name_max) is not None:
+        return "malformed PLAIN response"
+    if authzid and authzid.casefold() != authcid.casefold():
+        return "authorization identity must be empty or the account"
+    return authcid, parts[2]
+
+
+def pass_split(password: bytes, name_max: int) -> tuple[Optional[str], bytes]:
+    """``PASS`` text to (account it names, password): ``name:password`` names the
+    account when ``name`` is a valid chatsvc name; else (None, the whole text)."""
+    head, sep, rest = password.partition(b":")
+    if sep and head.isascii() and protocol.check_name(head.decode(), name_max) is None:
+        return head.decode(), rest
+    return None, password
+
+
 def _chunks(text: str, room: int) -> Iterator[str]:
     """``text`` in pieces of at most ``room`` UTF-8 bytes, cut between characters."""
     data = text.encode()
@@ -242,6 +313,10 @@ class IrcDialect:
         self.caps = caps
         self.echo_own = "echo-message" in caps
         self._time = "server-time" in caps
+        self._tags = "message-tags" in caps
+        # Hub.share: watchers with extended-monitor hear of AWAY/SETNAME too
+        self.follows_watched = "extended-monitor" in caps
+        away, setname = "away-notify" in caps, "setname" in caps
         self._table: dict[type[Any], Callable[[Any], str]] = {
             events.Chat: self._chat,
             events.Joined: lambda e: line(self.mask(e.name), "JOIN", "#" + e.room),
@@ -271,6 +346,17 @@ class IrcDialect:
             events.Help: lambda e: "",
             events.Error: self._error,
             events.Raw: lambda e: e.text,
+            events.Presence: self._presence,
+            events.Away: lambda e: (
+                ""
+                if not away
+                else line(self.mask(e.name), "AWAY", e.text, colon=True)
+                if e.text
+                else line(self.mask(e.name), "AWAY")
+            ),
+            events.RealName: lambda e: (
+                line(self.mask(e.name), "SETNAME", e.realname, colon=True) if setname else ""
+            ),
         }
 
     def mask(self, nick: str) -> str:
@@ -282,11 +368,23 @@ class IrcDialect:
 
     def render(self, event: Event) -> bytes:
         text = self._table[type(event)](event)
-        if self._time and text:
+        if not text:
+            return b""
+        tags = []
+        if self._time:
             stamp = getattr(event, "time", None)
-            tag = "@time=" + _iso(stamp if isinstance(stamp, float) else time.time()) + " "
-            text = "".join(tag + ln + "\r\n" for ln in text.split("\r\n") if ln)
+            tags.append("time=" + _iso(stamp if isinstance(stamp, float) else time.time()))
+        if self._tags and isinstance(event, (events.Chat, events.Private)) and event.msgid:
+            tags.append("msgid=" + event.msgid)
+            tags += [f"{k}={escape_tag(v)}" if v else k for k, v in event.tags]
+        if tags:
+            tag = ";".join(tags)
+            text = "".join(_add_tag(ln, tag) + "\r\n" for ln in text.split("\r\n") if ln)
         return text.encode()
+
+    def _presence(self, e: events.Presence) -> str:
+        who = self.mask(e.name) if e.online else e.name
+        return line(self.server_name, "730" if e.online else "731", "*", who, colon=True)
 
     def _message(self, source: str, target: str, text: str, notice: bool) -> str:
         verb = "NOTICE" if notice else "PRIVMSG"
@@ -299,11 +397,15 @@ class IrcDialect:
         return "".join(line(source, verb, target, c, colon=True) for c in _chunks(text, MAX_BODY))
 
     def _chat(self, e: events.Chat) -> str:
+        if e.tagmsg:  # only for clients that take tags
+            return line(self.mask(e.sender), "TAGMSG", "#" + e.room) if self._tags else ""
         return self._message(self.mask(e.sender), "#" + e.room, e.text, e.notice)
 
     def _private(self, e: events.Private) -> str:
         if e.echo and not self.echo_own:
             return ""
+        if e.tagmsg:
+            return line(self.mask(e.sender), "TAGMSG", e.target) if self._tags else ""
         return self._message(self.mask(e.sender), e.target, e.text, e.notice)
 
     def _left(self, e: events.Left) -> str:
@@ -406,8 +508,8 @@ IDENTS = IdentBook()
 # HELP texts: the first line is the synopsis.
 HELP = {
     "*": "chatsvc speaks enough IRC to chat in its rooms (channels #ROOM).\n"
-    "Commands: AWAY HELP ISON JOIN LIST LUSERS MODE MOTD NAMES NICK NOTICE PART\n"
-    "PING PRIVMSG QUIT TIME TOPIC USERHOST VERSION WHO WHOIS WHOWAS.\n"
+    "Commands: AWAY HELP ISON JOIN LIST LUSERS MODE MONITOR MOTD NAMES NICK NOTICE\n"
+    "PART PING PRIVMSG QUIT SETNAME TAGMSG TIME TOPIC USERHOST VERSION WHO WHOIS WHOWAS.\n"
     "HELP <command> describes one.",
     "AWAY": "AWAY [:message] - mark yourself away (no message: back)",
     "HELP": "HELP [command] - this help",
@@ -416,6 +518,7 @@ HELP = {
     "LIST": "LIST [#room,...] - the rooms, their member counts and topics",
     "LUSERS": "LUSERS - how many users are online",
     "MODE": "MODE #room | MODE nick - show modes (they cannot be changed)",
+    "MONITOR": "MONITOR +|- nick[,nick] | C | L | S - be told when nicks come and go",
     "MOTD": "MOTD - the message of the day",
     "NAMES": "NAMES #room - who is in a room",
     "NICK": "NICK newnick - change your name (a chatsvc name: letters, digits, _ - .)",
@@ -424,6 +527,8 @@ HELP = {
     "PING": "PING token - the server answers PONG with the token",
     "PRIVMSG": "PRIVMSG #room|nick :text - talk in a room or to a user of either protocol",
     "QUIT": "QUIT [:message] - leave the server",
+    "SETNAME": "SETNAME :real name - change your real name",
+    "TAGMSG": "TAGMSG #room|nick - send message tags only (message-tags)",
     "TIME": "TIME - the server's time",
     "TOPIC": "TOPIC #room - show the topic (topics are set in the server's configuration)",
     "USERHOST": "USERHOST nick ... - user and host of up to five nicks",
@@ -436,14 +541,18 @@ HELP = {
 # Numerics whose last parameter is a list or free text: always written with ':'.
 _TEXT_NUMERICS = frozenset({"301", "302", "303", "311", "314", "319", "322", "332", "352", "353"})
 # Commands allowed before registration; anything else gets 451.
-_BEFORE_REGISTRATION = frozenset({"CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"})
+_BEFORE_REGISTRATION = frozenset(
+    {"AUTHENTICATE", "CAP", "PASS", "NICK", "USER", "PING", "PONG", "QUIT"}
+)
 
 
 class IrcSession:
     """The reader side of one IRC connection: reads, frames, parses, calls the hub."""
 
     __slots__ = (
+        "account",
         "auth",
+        "batches",
         "bucket",
         "cap_pending",
         "caps",
@@ -451,10 +560,12 @@ class IrcSession:
         "ident",
         "member",
         "nick",
+        "password",
         "quit",
         "realname",
         "receive",
         "registered",
+        "sasl",
         "sock",
         "user",
     )
@@ -470,7 +581,7 @@ class IrcSession:
         self.hub = hub
         self.member = member
         self.sock = sock
-        self.auth = auth  # accounts: IRC has no PASS yet, so names with one are refused
+        self.auth = auth  # accounts: PASS and SASL PLAIN check passwords through it
         self.receive = receive  # TLS: the channel's plaintext; None: the socket's bytes
         self.bucket = flood_bucket(hub)
         self.caps: frozenset[str] = frozenset()
@@ -481,6 +592,10 @@ class IrcSession:
         self.registered = False
         self.ident: Optional[Ident] = None  # ours in IDENTS, once registered
         self.quit = False  # QUIT seen (and the WHOWAS entry made)
+        self.batches = 0  # labeled-response batches sent (their references)
+        self.account: Optional[str] = None  # the account logged in to (SASL or PASS)
+        self.password: Optional[bytes] = None  # PASS, checked at registration; then dropped
+        self.sasl: Optional[bytearray] = None  # AUTHENTICATE PLAIN under way: base64 so far
 
     # --- wording -----------------------------------------------------------------
 
@@ -569,6 +684,37 @@ class IrcSession:
             return None
 
     def dispatch(self, msg: Message) -> None:
+        label = msg.tags.get("label") if "labeled-response" in self.caps else None
+        if not label:
+            self._dispatch(msg)
+            return
+        # labeled-response: everything this command makes for us is held back by
+        # the hub, then sent labeled (one line), as a batch (several) or as ACK.
+        self.hub.capture(self.member, True)
+        try:
+            self._dispatch(msg)
+        finally:
+            held = self.hub.capture(self.member, False)
+            if held is not None:
+                self.send(self._labeled(label, held))
+
+    def _labeled(self, label: str, held: list[bytes]) -> str:
+        lines = [ln for chunk in held for ln in chunk.decode().split("\r\n") if ln]
+        tag = "label=" + escape_tag(label)
+        if not lines:
+            return f"@{tag} " + line(self.server_name, "ACK")
+        if len(lines) == 1:
+            return _add_tag(lines[0], tag) + "\r\n"
+        self.batches += 1
+        ref = f"L{self.batches}"
+        return (
+            f"@{tag} "
+            + line(self.server_name, "BATCH", "+" + ref, "labeled-response")
+            + "".join(_add_tag(ln, "batch=" + ref) + "\r\n" for ln in lines)
+            + line(self.server_name, "BATCH", "-" + ref)
+        )
+
+    def _dispatch(self, msg: Message) -> None:
         if not self.registered and msg.command not in _BEFORE_REGISTRATION:
             self.reply("451", "You have not registered")
             return
@@ -594,7 +740,11 @@ class IrcSession:
         if sub == "LS":
             if not self.registered:
                 self.cap_pending = True
-            self.send(line(self.server_name, "CAP", self.me, "LS", " ".join(CAPS)))
+            offered = list(CAPS)
+            if self._sasl_offered():
+                v302 = len(msg.params) > 1 and msg.params[1].isdigit() and int(msg.params[1]) >= 302
+                offered.append("sasl=" + ",".join(SASL_MECHANISMS) if v302 else "sasl")
+            self.send(line(self.server_name, "CAP", self.me, "LS", " ".join(sorted(offered))))
         elif sub == "LIST":
             self.send(line(self.server_name, "CAP", self.me, "LIST", " ".join(sorted(self.caps))))
         elif sub == "REQ":
@@ -605,7 +755,7 @@ class IrcSession:
             ok = bool(wanted.split())
             for item in wanted.split():
                 name = item.lstrip("-")
-                if name not in CAPS:
+                if name not in CAPS and not (name == "sasl" and self._sasl_offered()):
                     ok = False
                 elif item.startswith("-"):
                     caps.discard(name)
@@ -616,19 +766,146 @@ class IrcSession:
                 return
             self.caps = frozenset(caps)
             irc = self.hub.cfg.irc
-            self.hub.set_dialect(self.member, dialect_for(irc.server_name, irc.network, self.caps))
+            rendered = self.caps - {"sasl"}  # sasl changes nothing rendered
+            self.hub.set_dialect(self.member, dialect_for(irc.server_name, irc.network, rendered))
             self.send(line(self.server_name, "CAP", self.me, "ACK", wanted))
         elif sub == "END":
             if self.cap_pending:
                 self.cap_pending = False
+                if self.sasl is not None:  # registration ends an unfinished SASL exchange
+                    self.sasl = None
+                    self.reply("906", "SASL authentication aborted")
                 self._try_register()
         else:
             self.reply("410", msg.params[0], "Invalid CAP command")
 
     def cmd_pass(self, msg: Message) -> None:
+        """PASS before registration: the password of the nick's account (or ``name:password``).
+
+        Kept until NICK and USER are in, checked then (by ``_try_register``) if
+        the name needs one, else ignored (chatsvc has no server password).
+        """
         if self.registered:
             self.reply("462", "You may not reregister")
-        # accepted and ignored until chatsvc has accounts
+            return
+        if not self.need(msg, 1):
+            return
+        if not self._sasl_offered():
+            return  # no accounts (open mode): PASS means nothing here, as before
+        m = self.member
+        assert self.auth is not None
+        if self.auth.plaintext_refused(m.addr, m.secure):
+            logsetup.log.warning("auth_failed", name=self.nick, addr=m.addr, reason="plaintext")
+            self._refuse_login(events.error("password_needs_tls"))
+            return
+        self.password = msg.params[0].encode("utf-8", "surrogateescape")
+
+    # --- SASL (IRCv3 sasl-3.1, mechanism PLAIN) -------------------------------------
+
+    def _sasl_offered(self) -> bool:
+        """SASL is offered while accounts are on (``[auth] mode`` not ``open``)."""
+        return self.auth is not None and self.auth.mode != "open"
+
+    def cmd_authenticate(self, msg: Message) -> None:
+        if not self.need(msg, 1):
+            return
+        arg = msg.params[0]
+        if self.registered:
+            # The nick is the account name: logging in later would rename the user.
+            self.reply("462", "You may not reregister (log in with SASL before CAP END)")
+            return
+        if self.account is not None:
+            self.reply("907", "You have already authenticated using SASL")
+            return
+        if not self._sasl_offered():
+            self.reply("904", "SASL authentication failed: accounts are not enabled")
+            return
+        if self.sasl is None:
+            self._sasl_start(arg)
+            return
+        if arg == "*":
+            self.sasl = None
+            self.reply("906", "SASL authentication aborted")
+            return
+        if len(arg) > SASL_CHUNK:
+            self.sasl = None
+            self.reply("905", "SASL message too long")
+            return
+        if arg != "+":
+            self.sasl += arg.encode()
+            if len(self.sasl) > SASL_MAX:
+                self.sasl = None
+                self.reply("904", "SASL authentication failed: response too long")
+                return
+            if len(arg) == SASL_CHUNK:
+                return  # more to come (a last chunk of exactly 400 is followed by "+")
+        data, self.sasl = bytes(self.sasl), None
+        self._sasl_plain(data)
+
+    def _sasl_start(self, mechanism: str) -> None:
+        if mechanism.upper() not in SASL_MECHANISMS:
+            self.send(
+                self.num("908", ",".join(SASL_MECHANISMS), "are available SASL mechanisms"),
+                self.num("904", "SASL authentication failed"),
+            )
+            return
+        m = self.member
+        assert self.auth is not None
+        if self.auth.plaintext_refused(m.addr, m.secure):  # refuse before it is sent
+            logsetup.log.warning("auth_failed", name=self.nick, addr=m.addr, reason="plaintext")
+            self.reply(
+                "904",
+                "SASL authentication failed: " + error_text(events.error("password_needs_tls")),
+            )
+            return
+        self.sasl = bytearray()
+        self.send(line("", "AUTHENTICATE", "+"))
+
+    def _sasl_plain(self, data: bytes) -> None:
+        """Check a PLAIN response (authzid NUL authcid NUL password): 900 + 903, or 904."""
+        decoded = sasl_plain(data, self.hub.cfg.limits.name_max_length)
+        if isinstance(decoded, str):
+            self.reply("904", "SASL authentication failed: " + decoded)
+            return
+        authcid, password = decoded
+        verdict = self._verify(authcid, password)
+        del password, decoded
+        if not verdict.ok:
+            assert verdict.error is not None
+            self.reply("904", "SASL authentication failed: " + error_text(verdict.error))
+            return
+        self.account = authcid
+        who = self.nick or authcid
+        self.send(
+            self.num(
+                "900",
+                f"{who}!{self.user or who}@{self.server_name}",
+                authcid,
+                f"You are now logged in as {authcid}",
+            ),
+            self.num("903", "SASL authentication successful"),
+        )
+
+    def _verify(self, name: str, password: bytes) -> Verdict:
+        """The one password check (in this reader thread, never under the hub lock), logged."""
+        m, auth = self.member, self.auth
+        assert auth is not None
+        verdict = auth.verify(name, password, m.addr, m.secure)
+        if verdict.ok:
+            logsetup.log.info("auth_ok", name=name, addr=m.addr, protocol="irc")
+        elif verdict.reason == "throttled":
+            wait = verdict.error.params.get("seconds") if verdict.error else None
+            logsetup.log.warning("auth_throttled", name=name, addr=m.addr, seconds=wait)
+        else:
+            logsetup.log.warning("auth_failed", name=name, addr=m.addr, reason=verdict.reason)
+        return verdict
+
+    def _refuse_login(self, why: events.Error) -> None:
+        """A refused PASS: 464 with the reason, then ERROR and the connection closes."""
+        self.password = None
+        self.reply("464", "Password incorrect: " + error_text(why))
+        final = events.Raw(line("", "ERROR", "Closing link: " + error_text(why)))
+        self.hub.close(self.member, "name_rejected", final)
 
     def cmd_nick(self, msg: Message) -> None:
         if not msg.params or not msg.params[0]:
@@ -660,6 +937,9 @@ class IrcSession:
         old = self.member.name
         if old is None or nick == old:
             return
+        if nick.casefold() != old.casefold() and self.account is not None:
+            self.reply("432", nick, f"Erroneous nickname: your nick is your account name {old}")
+            return
         if nick.casefold() != old.casefold() and self._needs_password(nick):
             self.reply("432", nick, "Erroneous nickname: this name needs a password")
             return
@@ -679,9 +959,24 @@ class IrcSession:
             return
         m = self.member
         nick = self.nick
-        if self._needs_password(nick):
-            # IRC PASS/SASL is not served yet (docs/accounts.md): refuse, never let in.
-            self.reply("464", "Password required: log in to this name with the line protocol")
+        if self.sasl is not None:  # registered without CAP: the exchange ends unfinished
+            self.sasl = None
+            self.reply("906", "SASL authentication aborted")
+        if self.account is None and self.password is not None and self._sasl_offered():
+            account, password = self._pass_account(nick)
+            self.password = None
+            if account is not None:
+                verdict = self._verify(account, password)
+                del password
+                if not verdict.ok:
+                    assert verdict.error is not None
+                    self._refuse_login(verdict.error)
+                    return
+                self.account = account
+        if self.account is not None:
+            nick = self.account  # one name space: the account name is the nick
+        elif self._needs_password(nick):
+            self.reply("464", "Password required: send PASS before NICK, or log in with SASL")
             self.nick = None
             return
         why = self.hub.login(m, nick, join_default=False)
@@ -691,14 +986,31 @@ class IrcSession:
             elif why.code == "name_banned":
                 self.reply("432", nick, "Erroneous nickname: " + error_text(why))
             self.nick = None
+            self.account = None  # held elsewhere or banned: go on as a guest, another nick
             return
         self.registered = True
         user = "".join(ch for ch in self.user if ch.isascii() and (ch.isalnum() or ch in "_.-~"))
         realname, bad = clean_text(self.realname)
+        realname = realname[:REALNAME_MAX]
         self.ident = Ident(user[:10] or nick, realname if bad is None and realname else nick)
         IDENTS.put(nick, self.ident)
         logsetup.log.info("client_login", name=nick, addr=m.addr, port=m.port, protocol="irc")
         self._welcome()
+
+    def _pass_account(self, nick: str) -> tuple[Optional[str], bytes]:
+        """What PASS asks for: (account, password); account None when nothing to check.
+
+        ``PASS name:password`` names the account when ``name`` is a valid name
+        (so a password containing ':' is sent as ``NICK:password``); otherwise
+        the password is for the nick's account, and ignored if it has none.
+        """
+        assert self.password is not None
+        named, password = pass_split(self.password, self.hub.cfg.limits.name_max_length)
+        if named is not None:
+            return named, password
+        if self._needs_password(nick):
+            return nick, self.password
+        return None, b""
 
     def _needs_password(self, nick: str) -> bool:
         if self.auth is None:
@@ -718,7 +1030,7 @@ class IrcSession:
             f"CHANNELLEN={33} CHANTYPES=# MAXTARGETS={MAX_TARGETS} "
             f"NETWORK={irc.network} NICKLEN={cfg.limits.name_max_length} PREFIX=(ov)@+ "
             f"TARGMAX=JOIN:,PART:,PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},WHOIS:1 "
-            f"TOPICLEN=300 UTF8ONLY WHOX"
+            f"TOPICLEN=300 UTF8ONLY WHOX MONITOR={MONITOR_MAX}"
         ).split()
         self.send(
             self.num("002", f"Your host is {irc.server_name}, running version {version}"),
@@ -829,6 +1141,9 @@ class IrcSession:
             if why is None:
                 logsetup.log.info("room_joined", name=self.member.name, room=room)
                 self.send(*self._topic(room, on_join=True), *self._names(room))
+                if self.ident is not None and self.ident.away and self.member.name is not None:
+                    away = events.Away(self.member.name, self.ident.away)
+                    self.hub.share(self.member, away, room=room)  # away-notify on join
             elif why.code != "already_in_room":
                 return  # closing
 
@@ -967,31 +1282,47 @@ class IrcSession:
             if not notice:
                 self.reply("407", msg.params[0], "Too many recipients")
             return
+        tags = client_tags(msg.tags)
         for target in targets:
-            self._message(target, text, notice)
+            self._message(target, text, notice, tags)
 
     def cmd_notice(self, msg: Message) -> None:
         self.cmd_privmsg(msg, notice=True)
 
-    def _message(self, target: str, text: str, notice: bool) -> None:
+    def cmd_tagmsg(self, msg: Message) -> None:
+        """IRCv3 TAGMSG: client-only tags without text, for clients with message-tags."""
+        if not msg.params or not msg.params[0]:
+            self.reply("411", "No recipient given (TAGMSG)")
+            return
+        targets = msg.params[0].split(",")
+        if len(targets) > MAX_TARGETS:
+            self.reply("407", msg.params[0], "Too many recipients")
+            return
+        for target in targets:
+            self._message(target, "", False, client_tags(msg.tags))
+
+    def _message(self, target: str, text: str, notice: bool, tags: events.Tags = ()) -> None:
         m = self.member
+        full = self.hub.cfg.logging.log_messages
         if target.startswith("#"):
             room = self.room_of(target)
             if room is None:
                 if not notice:
                     self.reply("403", target, "No such channel")
-            elif self.hub.say(m, text, room, notice) is None:
+            elif self.hub.say(m, text, room, notice, tags, tagmsg=not text) is None:
                 if not notice:
                     self.reply("404", target, "Cannot send to channel")
-            else:
-                _log_message("message", m.name, room, text, self.hub.cfg.logging.log_messages)
+            elif text:
+                _log_message("message", m.name, room, text, full)
             return
-        why = self.hub.private(m, target, text, notice)
+        why = self.hub.private(m, target, text, notice, tags, tagmsg=not text)
         if why is not None:
             if not notice:
                 self.reply("401", target, "No such nick/channel")
             return
-        _log_message("private_message", m.name, target, text, self.hub.cfg.logging.log_messages)
+        if not text:
+            return  # TAGMSG
+        _log_message("private_message", m.name, target, text, full)
         away = IDENTS.away(target)
         if away and not notice:
             self.reply("301", target, away)
@@ -1009,6 +1340,76 @@ class IrcSession:
             self.reply("306", "You have been marked as being away")
         else:
             self.reply("305", "You are no longer marked as being away")
+        # away-notify: the rooms' members and extended-monitor watchers that asked
+        self.hub.share(self.member, events.Away(self.member.name, text[:200]))
+
+    def cmd_setname(self, msg: Message) -> None:
+        if not self.need(msg, 1):
+            return
+        realname, why = clean_text(msg.params[-1])
+        if why is not None or not realname or len(realname) > REALNAME_MAX:
+            self.send(
+                line(
+                    self.server_name,
+                    "FAIL",
+                    "SETNAME",
+                    "INVALID_REALNAME",
+                    f"Real name must be 1 to {REALNAME_MAX} printable characters",
+                )
+            )
+            return
+        if self.ident is not None and self.member.name is not None:
+            self.ident = self.ident._replace(realname=realname)
+            IDENTS.put(self.member.name, self.ident)
+            self.hub.share(self.member, events.RealName(self.member.name, realname), echo=True)
+
+    def cmd_monitor(self, msg: Message) -> None:
+        """IRCv3 MONITOR: + (add), - (remove), C (clear), L (list), S (status)."""
+        if not self.need(msg, 1):
+            return
+        sub = msg.params[0].upper()
+        names = [n for n in (msg.params[1] if len(msg.params) > 1 else "").split(",") if n]
+        if sub == "+":
+            valid = []
+            for name in names:
+                if protocol.check_name(name, self.hub.cfg.limits.name_max_length) is None:
+                    valid.append(name)
+                else:
+                    self.reply("432", name, "Erroneous nickname")
+            added, refused = self.hub.watch(self.member, valid, MONITOR_MAX)
+            self.send(*self._presence_lines(added))
+            if refused:
+                self.reply("734", str(MONITOR_MAX), ",".join(refused), "Monitor list is full")
+        elif sub == "-":
+            self.hub.unwatch(self.member, names)
+        elif sub == "C":
+            self.hub.unwatch(self.member)
+        elif sub == "L":
+            watched = [name for name, _ in self.hub.watched(self.member)]
+            out = [self.num("732", part, colon=True) for part in self._comma_lists(watched)]
+            self.send(*out, self.num("733", "End of MONITOR list"))
+        elif sub == "S":
+            self.send(*self._presence_lines(self.hub.watched(self.member)))
+        else:
+            self.reply("421", "MONITOR", f"Unknown MONITOR subcommand {sub.strip()[:20]}")
+
+    def _presence_lines(self, status: list[tuple[str, Optional[str]]]) -> list[str]:
+        online = [f"{n}!{IDENTS.get(n).user}@{self.server_name}" for _, n in status if n]
+        offline = [name for name, n in status if not n]
+        out = [self.num("730", part, colon=True) for part in self._comma_lists(online)]
+        return out + [self.num("731", part, colon=True) for part in self._comma_lists(offline)]
+
+    def _comma_lists(self, items: list[str]) -> Iterator[str]:
+        """``items`` joined by commas, in parts that fit a numeric line."""
+        room = MAX_BODY - len(self.num("730", "x").encode()) - 1
+        part = ""
+        for item in items:
+            if part and len(part) + 1 + len(item) > room:
+                yield part
+                part = ""
+            part = f"{part},{item}" if part else item
+        if part:
+            yield part
 
     def cmd_whois(self, msg: Message) -> None:
         if not self.need(msg, 1):
@@ -1128,6 +1529,13 @@ class IrcSession:
                 away = "-" if ident.away else "+"
                 out.append(f"{name}={away}{ident.user}@{self.server_name}")
         self.reply("302", " ".join(out))
+
+
+def _add_tag(text: str, tag: str) -> str:
+    """One wire line (no CRLF) with ``tag`` added first to its tags."""
+    if text.startswith("@"):
+        return "@" + tag + ";" + text[1:]
+    return "@" + tag + " " + text
 
 
 def _log_message(event: str, name: Optional[str], to: str, text: str, full: bool) -> None:

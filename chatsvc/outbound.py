@@ -137,16 +137,46 @@ class OutboundWriter:
                     ready.append(m)
         batch = self.hub.collect(self.mailbox)
         done: list[tuple[Member, int]] = []  # (member, bytes sent or dropped)
+        closing = {m for m, _ in batch.closes} if batch.closes else None
+        other: list[Member] = []  # what the fast path below does not cover
         for m, data in batch.sends:
-            if data:  # empty: a TLS link has ciphertext of its own to send (Hub.poke)
-                k = link_of(m)
-                k.wbuf = k.wbuf + data if k.wbuf else data
+            k: Link = m.link
+            if (
+                k.wbuf
+                or k.polled
+                or k.tls is not None
+                or k.state != OPEN
+                or not data  # empty: a TLS link has ciphertext of its own to send (Hub.poke)
+                or (closing is not None and m in closing)
+            ):
+                if data:
+                    k.wbuf = k.wbuf + data if k.wbuf else data
+                other.append(m)
+                continue
+            # The common case, a fan-out to members who keep up: an open plain link
+            # with nothing pending gets its bytes in one send, nothing copied.
+            try:
+                n = k.sock.send(data, _SEND_FLAGS)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                k.wbuf = data
+                self._send_failed(m, k, done)
+                continue
+            if n:
+                done.append((m, n))
+            if n != len(data):
+                k.wbuf = data[n:]
+                k.polled = True
+                fd = k.sock.fileno()
+                self._by_fd[fd] = m
+                self._ep.register(fd, select.EPOLLOUT)
         for m, flush in batch.closes:
             if link_of(m).state < SHUT:
                 self._start_close(m, flush, done)
         for m in ready:
             self._send(m, done)
-        for m, _ in batch.sends:
+        for m in other:
             k = link_of(m)
             if (k.wbuf or k.tls is not None) and not k.polled:
                 self._send(m, done)
@@ -183,13 +213,7 @@ class OutboundWriter:
         except BlockingIOError:
             n = 0
         except OSError:
-            # The peer is gone; its reader will notice.  Drop what cannot be sent.
-            done.append((m, len(k.wbuf)))
-            k.wbuf = b""
-            self._unpoll(m)
-            _shutdown(k, socket.SHUT_RDWR)
-            if k.gone:  # nobody left to wait for: free the descriptor now
-                self._close(m)
+            self._send_failed(m, k, done)
             return
         if n:
             done.append((m, n))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.targets import make_target
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -118,3 +120,56 @@ def test_probe_over_tls_times_what_tls_receivers_get() -> None:
     assert tls["delivered"] == tls["expected"] == 50 * 10
     assert tls["floor_delivered"] == tls["floor_expected"] == 50 * 10
     assert 0 < tls["p50_ms"] <= tls["p99_ms"]
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("target", ["chatsvc-irc", "inspircd", "ngircd"])
+def test_quick_irc_runs_deliver_every_message(target: str) -> None:
+    """The IRC targets: registration, JOIN after the MOTD, the closed loop's acks."""
+    reason = make_target(target).unavailable()
+    if reason:
+        pytest.skip(reason)
+    argv = [sys.executable, "-m", "bench", "--scenario", "fanout,saturate", "--targets", target]
+    proc = subprocess.run(
+        [*argv, "--quick", "--workers", "2", "--seconds", "1", "--max-minutes", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["scenario"], r["target"], r["status"]) for r in records] == [
+        ("fanout", target, "ok"),
+        ("saturate", target, "ok"),
+    ], proc.stderr[-3000:]
+    fanout, saturate = (r["figures"] for r in records)
+    assert fanout["expected"] > 0
+    assert fanout["delivered"] == fanout["expected"]
+    assert fanout["lost"] == 0
+    assert saturate["delivered_per_s"] > 0
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_cluster_soak_smoke_checks_a_clean_history_under_faults() -> None:
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    pytest.importorskip("redis")
+    argv = [sys.executable, "-m", "bench.cluster", "--soak", "12", "--soak-nodes", "2"]
+    proc = subprocess.run(
+        [*argv, "--soak-gap", "1.5", "--soak-rate", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["ok"] and result["sent"] > 100, result
+    assert sum(result["faults"].values()) >= 2, result
+    assert (result["lost"], result["duplicated"], result["reordered"]) == (0, 0, 0), result

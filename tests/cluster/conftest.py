@@ -91,6 +91,17 @@ class RedisServer:
         )
         wait_until(self.ping, timeout=10, what="redis-server answers")
 
+    def save_data(self, dest: Path) -> None:
+        """Copy the data directory's AOF files (Redis stopped) to ``dest``."""
+        assert self.proc is None or self.proc.poll() is not None, "stop redis-server first"
+        shutil.copytree(self.dir / "appendonlydir", dest)
+
+    def restore_data(self, src: Path) -> None:
+        """Put an older copy of the AOF files back (Redis stopped): lost writes."""
+        assert self.proc is None or self.proc.poll() is not None, "stop redis-server first"
+        shutil.rmtree(self.dir / "appendonlydir")
+        shutil.copytree(src, self.dir / "appendonlydir")
+
     def ping(self) -> bool:
         import redis
 

@@ -18,6 +18,8 @@ import pytest
 from tests.cluster.conftest import RedisServer
 from tests.e2e.helpers import RawClient, ServerProcess
 from tests.e2e.test_accounts_e2e import PASSWORD, login, relogin
+from tests.e2e.test_irc import IrcClient
+from tests.e2e.test_irc_sasl import answer, finish, plain, sasl_begin
 
 Node = Callable[..., ServerProcess]
 
@@ -70,3 +72,25 @@ def test_one_account_cannot_be_logged_in_on_two_nodes(node: Node, short_tmp: Pat
         assert login(first, "bob", "pw").startswith("* hello bob")
         # whether b already knows (no password asked) or finds out at the claim
         assert login(second, "bob", "pw") == "! name taken: bob"
+
+
+def test_an_irc_sasl_login_on_one_node_holds_the_account_on_the_other(
+    node: Node, short_tmp: Path
+) -> None:
+    a = node("a", **{"auth.mode": "registered"})
+    b = node("b", **{"auth.mode": "registered", "irc.enabled": True, "irc.port": 0})
+    added = admin(
+        short_tmp / "a.sock", "account", "add", "carol", "--password-stdin", stdin=PASSWORD
+    )
+    assert added.returncode == 0, added.stderr
+    started = next(e for e in b.events if e.get("event") == "server_started")
+    with IrcClient(b.host, int(started["irc_port"])) as c:
+        sasl_begin(c)
+        c.send("AUTHENTICATE PLAIN")
+        c.expect("AUTHENTICATE +")
+        c.send("AUTHENTICATE " + plain("", "carol", PASSWORD))
+        assert " 900 " in answer(c)
+        assert " 903 " in answer(c)
+        assert " 001 carol " in finish(c, "carol")
+        with RawClient(a.host, a.port) as line:
+            assert login(line, "carol", PASSWORD) == "! name taken: carol"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,6 +95,8 @@ def test_a_killed_node_is_announced_gone_and_its_names_freed_within_10_s(node: N
     carol = logged_in(a.host, a.port, "carol")
     dave = logged_in(b.host, b.port, "dave")
     carol.expect("* dave joined lobby")
+    carol.send("hello")  # after carol's join: once dave has it, so has the cluster
+    dave.expect("[lobby] carol: hello")
     start = time.monotonic()
     a.proc.kill()
     dave.expect("* carol left lobby (connection lost)", timeout=10)
@@ -334,3 +337,22 @@ def test_irc_members_share_the_cluster_order_names_and_renames(node: Node) -> No
     with logged_in(b.host, b.port, "ircy") as again:  # the old name is free again
         again.send("/who")
         again.expect("* in lobby (3)")
+
+
+def test_irc_monitor_sees_other_nodes_users_come_and_go(node: Node) -> None:
+    from tests.e2e.test_irc import IrcClient
+
+    a = node("a", **{"irc.enabled": True, "irc.port": 0})
+    b = node("b")
+    started = next(e for e in a.events if e.get("event") == "server_started")
+    with IrcClient(a.host, int(started["irc_port"])) as watcher:
+        watcher.register("watcher")
+        watcher.send("MONITOR + bob")
+        assert watcher.expect(" 731 ") == ":chatsvc 731 watcher :bob"
+        with logged_in(b.host, b.port, "bob") as bob:
+            assert watcher.expect(" 730 ", timeout=10) == ":chatsvc 730 * :bob!bob@chatsvc"
+            bob.send("/join work")  # a move is no departure
+            bob.expect("now in work")
+            watcher.send("MONITOR S")
+            assert watcher.expect(re.compile(" 73[01] ")) == ":chatsvc 730 watcher :bob!bob@chatsvc"
+        assert watcher.expect(" 731 ", timeout=10) == ":chatsvc 731 * :bob"

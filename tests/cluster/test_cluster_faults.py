@@ -1,4 +1,4 @@
-"""Network faults between a node and Redis, through a TCP proxy (tests/cluster/proxy.py)."""
+"""Network faults between a node and Redis, through a TCP proxy (bench/nemesis.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Callable
 
 import pytest
 
+from bench.nemesis import FaultProxy
 from tests.cluster.conftest import RedisServer
-from tests.cluster.proxy import FaultProxy
 from tests.e2e.helpers import RawClient, ServerProcess, logged_in
 
 Node = Callable[..., ServerProcess]
@@ -65,6 +65,8 @@ def test_a_partitioned_node_is_reaped_then_fences_itself_when_it_returns(
     alice = logged_in(a.host, a.port, "alice")
     bob = logged_in(b.host, b.port, "bob")
     alice.expect("* bob joined lobby")
+    alice.send("hello")  # after alice's join: once bob has it, so has the cluster
+    bob.expect("[lobby] alice: hello")
     proxy.pause()
     try:
         alice.send("anyone there?")

@@ -40,8 +40,12 @@ def wait_until(
 class RawClient:
     """A line-oriented TCP client whose every read has a deadline."""
 
-    def __init__(self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, host: str, port: int, timeout: float = DEFAULT_TIMEOUT, source: Optional[str] = None
+    ) -> None:
+        """``source``: the local address to connect from (another loopback address)."""
+        bind = (source, 0) if source is not None else None
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=bind)
         self.timeout = timeout
         self._buf = b""
         self.eof = False
@@ -186,8 +190,11 @@ class ServerProcess:
 
     def _pump(self) -> None:
         assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self._lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        try:
+            for raw in self.proc.stderr:
+                self._lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        except (ValueError, OSError):  # closed by kill() while a daemon child held it open
+            pass
         self._lines.put(None)
 
     def read_event(self, timeout: float = DEFAULT_TIMEOUT) -> Optional[dict[str, Any]]:
@@ -247,6 +254,8 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        # EOF ends the pump; closing the stream under its read would break that read
+        self._reader.join(5)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()

@@ -108,6 +108,10 @@ EOF
     cd /
     umount -l /.oldroot
     rmdir /.oldroot
+    # Shared inside the sandbox (as systemd makes / on a host; it leaves that to the
+    # container manager in a container): mounts that units make in namespaces of
+    # their own, such as the credentials of LoadCredential=, must reach the others.
+    mount --make-rshared /
     exec /usr/bin/env -i container=chatsvc-systest PATH="$INNER_PATH" LANG=C.UTF-8 \
         "$SYSTEMD" --unit=chatsvc-systest.target --show-status=yes --log-color=no
 }

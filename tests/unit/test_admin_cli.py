@@ -484,6 +484,20 @@ def test_format_short_results() -> None:
     )
     offline = {**RESULTS["kick"], "kicked": False}
     assert cli.format_kick(offline) == "no user bob online; the name is banned for 10m00s"
+    remote = {**RESULTS["kick"], "address_node": "b"}  # cluster mode: another node's member
+    assert cli.format_kick(remote) == (
+        "kicked bob (spamming); banned for 10m00s; its address banned too, by node b"
+    )
+    assert cli.kick_shortfall({"ban_address": True}, remote) is None
+    assert cli.kick_shortfall({"ban_address": True}, RESULTS["kick"]) is not None
+    clustered = [{**b, "node": "a"} for b in RESULTS["bans"]["bans"]]
+    assert cli.format_bans({"bans": clustered}).split("\n")[0].split() == [
+        "KIND",
+        "WHAT",
+        "TIME",
+        "LEFT",
+        "NODE",
+    ]
     assert cli.format_ban(RESULTS["ban"]) == (
         "banned address 10.0.0.7 for 10m00s; 2 connections closed"
     )

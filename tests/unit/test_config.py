@@ -165,6 +165,13 @@ def test_a_path_object_is_accepted(tmp_path: Path) -> None:
 
 BAD = [
     # (id, toml text, dotted key, part of expected, part of found)
+    (
+        "cluster-backend-resp3",
+        '[cluster]\nbackend = "redis://r:6379/0?protocol=3"\n',
+        "cluster.backend",
+        "without protocol=3",
+        "protocol=3",
+    ),
     ("unknown-section", "[bogus]\nx = 1\n", "bogus", "one of the sections", "an unknown section"),
     ("section-not-table", "server = 1\n", "server", "a table", "1"),
     ("unknown-key", "[server]\nprot = 1\n", "server.prot", "one of host, port", "an unknown key"),

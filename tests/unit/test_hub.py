@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import chatsvc.hub
 from chatsvc import config, events
 from chatsvc.dialects import LINE, error_text
-from chatsvc.hub import Hub, KickResult, Member
+from chatsvc.hub import Batch, Hub, KickResult, Member
 
 CAP = 4096
 
@@ -401,11 +401,25 @@ def test_kick_twice(hub: Hub) -> None:
 # --- send queue -----------------------------------------------------------------
 
 
+def write(
+    hub: Hub, stuck: frozenset[Member] = frozenset()
+) -> tuple[Batch, dict[Member, list[str]]]:
+    """One writer step: what each member was sent; ``stuck`` members' kernels take nothing."""
+    batch = hub.collect(hub.mailboxes[0])
+    got: dict[Member, list[str]] = {}
+    done: list[tuple[Member, int]] = []
+    for m, data in batch.sends:
+        if m not in stuck:
+            got.setdefault(m, []).extend(data.decode().splitlines())
+            done.append((m, len(data)))
+    hub.sent(done)
+    return batch, got
+
+
 def test_a_reader_that_never_drains_is_closed_and_the_others_keep_receiving() -> None:
     hub = make_hub(limits={"send_queue_bytes": CAP})
     slow, bob, carol = (connect(hub, name) for name in ("slow", "bob", "carol"))
-    drain(hub, bob)
-    drain(hub, carol)
+    write(hub)
     text = "y" * 200
     bob_saw: list[str] = []
     sent = 0
@@ -413,18 +427,18 @@ def test_a_reader_that_never_drains_is_closed_and_the_others_keep_receiving() ->
         assert sent < 100, "the slow reader was never closed"
         hub.say(carol, f"{sent} {text}")
         sent += 1
-        assert slow.queued <= CAP
-        assert_accounting(hub)
-        bob_saw += drain(hub, bob)
-        drain(hub, carol)
+        assert slow.queued <= 2 * CAP
+        batch, got = write(hub, stuck=frozenset({slow}))
+        bob_saw += got.get(bob, [])
+        if slow.close_reason is not None:  # cut: the writer held more than the bound
+            assert slow.queued > CAP
 
     assert slow.close_reason == "send_queue_exceeded"
     assert not slow.close_flush
     assert slow.outbox == []
-    assert slow.queued == 0
     assert slow.room is None
     assert "slow" not in hub.by_name
-    assert slow in hub.mailboxes[0].to_close
+    assert (slow, False) in batch.closes
     assert bob_saw[-1] == "* slow left lobby (too slow)"
     assert [line for line in bob_saw if line.startswith("[")] == [
         f"[lobby] carol: {i} {text}" for i in range(sent)
@@ -437,9 +451,39 @@ def test_a_reader_that_never_drains_is_closed_and_the_others_keep_receiving() ->
     assert hub.drops["send_queue_exceeded"] == 1
 
 
-def test_a_reply_may_pass_the_cap_once_but_not_twice() -> None:
+def test_bytes_sent_but_not_yet_reported_never_cut_a_quick_reader() -> None:
+    # The writer reports what the kernel took after its sends; a client may read
+    # a long reply and answer before that.  Its next line must not cut it.
+    hub = make_hub(limits={"send_queue_bytes": CAP})
+    alice = connect(hub, "alice")
+    write(hub)
+    fill(hub, alice, 10)
+    hub.tell(alice, events.Announcement("x" * 500))  # over the bound: a reply may be
+    batch = hub.collect(hub.mailboxes[0])  # handed to the kernel, not yet reported...
+    hub.say(alice, "still here?")  # ... when the echo of alice's next line comes
+    hub.say(alice, "and again")
+    assert alice.close_reason is None
+    hub.sent([(m, len(data)) for m, data in batch.sends])
+    _, got = write(hub)
+    assert got[alice] == ["[lobby] alice: still here?", "[lobby] alice: and again"]
+    assert alice.queued == 0 and alice.slack == 0
+
+
+def test_enqueueing_holds_a_queue_to_twice_the_bound_between_writer_steps() -> None:
+    hub = make_hub(limits={"send_queue_bytes": CAP})
+    alice, bob = connect(hub, "alice"), connect(hub, "bob")
+    write(hub)
+    while alice.close_reason is None:
+        hub.say(bob, "z" * 300)
+        assert alice.queued <= 2 * CAP
+        drain(hub, bob)
+    assert alice.close_reason == "send_queue_exceeded"
+    assert alice.outbox == [] and alice.queued == 0
+
+
+def test_a_reply_may_pass_the_cap_once() -> None:
     # A reply to the asker's own request is never what cuts it (e.g. /who in a
-    # huge room); a member that asks again while over the bound has stopped reading.
+    # huge room); a member whose writer still holds more than that has stopped reading.
     hub = make_hub(limits={"send_queue_bytes": CAP})
     alice, bob = connect(hub, "alice"), connect(hub, "bob")
     drain(hub, bob)
@@ -448,11 +492,16 @@ def test_a_reply_may_pass_the_cap_once_but_not_twice() -> None:
     assert alice.close_reason is None
     assert alice.queued > CAP
     assert_accounting(hub)
+    write(hub, stuck=frozenset({alice}))  # its kernel took none of it
     hub.tell(alice, events.Announcement("nor does this"))
+    assert alice.close_reason is None  # not judged before the writer's next step
+    write(hub, stuck=frozenset({alice}))
+    assert alice.close_reason is None  # what it holds is within the reply's slack
+    hub.say(bob, "x" * 100)
+    batch, got = write(hub, stuck=frozenset({alice}))
     assert alice.close_reason == "send_queue_exceeded"
-    assert alice.outbox == []
-    assert alice.queued == 0
-    assert lines(bob) == ["* alice left lobby (too slow)"]
+    assert (alice, False) in batch.closes
+    assert got[bob] == ["[lobby] bob: " + "x" * 100, "* alice left lobby (too slow)"]
 
 
 def test_a_line_that_exactly_fits_is_queued() -> None:
@@ -484,10 +533,15 @@ def test_private_message_past_the_cap_closes_the_recipient() -> None:
     hub = make_hub(limits={"send_queue_bytes": CAP})
     alice, bob = connect(hub, "alice"), connect(hub, "bob")
     fill(hub, bob, 5)
+    write(hub, stuck=frozenset({bob}))  # bob's kernel takes none of it
     assert hub.private(alice, "bob", "hello there") is None
+    assert bob.close_reason is None  # judged by the writer, where the count is exact
+    write(hub, stuck=frozenset({bob}))
+    assert bob.close_reason is None  # it holds CAP - 5: within the bound
+    assert hub.private(alice, "bob", "hello again") is None
+    write(hub, stuck=frozenset({bob}))
     assert bob.close_reason == "send_queue_exceeded"
     assert bob.outbox == []
-    assert_accounting(hub)
 
 
 def test_kicking_a_member_with_a_nearly_full_queue() -> None:
@@ -519,6 +573,7 @@ def test_a_join_that_overflows_the_queue_does_not_announce_a_ghost() -> None:
     drain(hub, carol)
     fill(hub, bob, 10)
     hub.tell(bob, events.Announcement("x" * 20))  # a reply may pass the cap once
+    hub.tell(bob, events.Announcement("x" * CAP))  # twice the bound: cut at enqueue
     hub.join(bob, "work")
     assert bob.close_reason == "send_queue_exceeded"
     assert bob not in hub.rooms["work"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -62,16 +64,17 @@ def test_at_most_fifteen_parameters() -> None:
     assert len(m.params) == irc.MAX_PARAMS
 
 
-def test_the_body_is_limited_to_510_bytes_and_tags_to_8191() -> None:
+def test_the_body_is_limited_to_510_bytes_and_client_tags_to_4096() -> None:
     assert msg(b"PRIVMSG #a :" + b"x" * (510 - 12)).params[1] == "x" * 498
     with pytest.raises(IrcParseError) as info:
         parse_line(b"PRIVMSG #a :" + b"x" * 499)
     assert (info.value.code, info.value.command) == ("input_too_long", "PRIVMSG")
-    tags = b"@a=" + b"x" * (8191 - 4) + b" "
-    assert len(tags) == 8191
-    assert msg(tags + b"PING x").command == "PING"
+    # IRCv3 message-tags: a client's tags, '@' and the trailing space included
+    tags = b"@+a=" + b"x" * (4096 - 5) + b" "
+    assert len(tags) == 4096
+    assert msg(tags + b"PING x").tags == {"+a": "x" * 4091}
     with pytest.raises(IrcParseError):
-        parse_line(b"@a=" + b"x" * 8191 + b" PING x")
+        parse_line(b"@+a=" + b"x" * 4092 + b" PING x")
 
 
 def test_invalid_utf8_and_nul_are_refused_naming_the_command() -> None:
@@ -218,6 +221,9 @@ def test_every_event_type_renders() -> None:
         events.Help(),
         events.error("no_such_user", name="x"),
         events.Raw(":x 001 a :hi\r\n"),
+        events.Presence("a", True),
+        events.Away("a", "gone"),
+        events.RealName("a", "A"),
     ]
     covered = {type(e) for e in samples}
     assert covered == set(events.Event.__args__)  # type: ignore[attr-defined]
@@ -291,3 +297,53 @@ def test_the_hub_renders_a_room_line_once_per_capability_set(
     assert sorted(map(id, calls)) == sorted([id(plain), id(timed)])
     assert members[0].outbox[0] is members[9].outbox[0]  # the same bytes object
     assert members[-1].outbox == [b"[lobby] user15: hello\n"]
+
+
+# --- accounts: SASL PLAIN and PASS (pure parts) -------------------------------------
+
+
+def _b64(raw: bytes) -> bytes:
+    return base64.b64encode(raw)
+
+
+def test_sasl_plain_with_and_without_authzid() -> None:
+    assert irc.sasl_plain(_b64(b"\0alice\0pw"), 32) == ("alice", b"pw")
+    assert irc.sasl_plain(_b64(b"alice\0alice\0pw"), 32) == ("alice", b"pw")
+    assert irc.sasl_plain(_b64(b"ALICE\0alice\0p\xc3\xa9"), 32) == ("alice", "pé".encode())
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"!!!",  # not base64
+        b"",  # nothing
+        _b64(b"\0alice\0"),  # empty password
+        _b64(b"\0\0pw"),  # empty authcid
+        _b64(b"alice\0pw"),  # two fields
+        _b64(b"\0alice\0p\0w"),  # NUL in the password
+        _b64(b"\0al ice\0pw"),  # not a chatsvc name
+        _b64(b"\0\xff\0pw"),  # not UTF-8
+    ],
+)
+def test_malformed_sasl_plain_responses_are_refused(response: bytes) -> None:
+    assert isinstance(irc.sasl_plain(response, 32), str)
+
+
+def test_sasl_plain_refuses_another_authorization_identity() -> None:
+    assert irc.sasl_plain(_b64(b"bob\0alice\0pw"), 32) == (
+        "authorization identity must be empty or the account"
+    )
+
+
+@given(st.binary(max_size=300))
+def test_sasl_plain_never_raises(data: bytes) -> None:
+    out = irc.sasl_plain(_b64(data), 32)
+    assert isinstance(out, str) or (isinstance(out, tuple) and out[1])
+    irc.sasl_plain(data, 32)
+
+
+def test_pass_names_an_account_only_with_a_valid_name_before_the_colon() -> None:
+    assert irc.pass_split(b"secret", 32) == (None, b"secret")
+    assert irc.pass_split(b"bob:se:cret", 32) == ("bob", b"se:cret")
+    assert irc.pass_split(b"no name:secret", 32) == (None, b"no name:secret")
+    assert irc.pass_split(b":secret", 32) == (None, b":secret")
