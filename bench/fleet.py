@@ -123,6 +123,7 @@ def distribute(
     ack_room: Optional[str] = None,
     pad_bytes: int = 40,
     tls: bool = False,
+    tls_resume: bool = False,
 ) -> list[WorkerPlan]:
     """Deal clients round-robin per role, so every worker gets a similar mix.
 
@@ -144,6 +145,6 @@ def distribute(
             if any(spec.role == ROLE_SEND for spec in bucket):
                 bucket.append(ClientSpec(ROLE_ACK, f"ack{index}", ack_room))
     return [
-        WorkerPlan(index, host, port, dialect, tuple(bucket), pad_bytes, tls)
+        WorkerPlan(index, host, port, dialect, tuple(bucket), pad_bytes, tls, tls_resume)
         for index, bucket in enumerate(buckets)
     ]

@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from bench import dialects
 from bench.stats import Histogram
@@ -77,6 +77,7 @@ class WorkerPlan:
     clients: tuple[ClientSpec, ...]
     pad_bytes: int = 40
     tls: bool = False  # connect with TLS (the chatsvc-tls target; the certificate is not checked)
+    tls_resume: bool = False  # offer the session of an earlier connection (TLS resumption)
 
 
 class Client(asyncio.Protocol):
@@ -239,6 +240,7 @@ class Client(asyncio.Protocol):
             return
         if self.dialect.login_done(line, self.spec.room):
             self.logged_in = True
+            self.worker.note_tls_session(self.transport)
             role = self.spec.role
             if role == ROLE_RECV:
                 self.on_line = self._line_recv
@@ -374,7 +376,8 @@ class Worker:
     def __init__(self, plan: WorkerPlan, conn: Connection) -> None:
         self.plan = plan
         self.conn = conn
-        self.tls = _client_tls() if plan.tls else None
+        self.tls = _client_tls(plan.tls_resume) if plan.tls else None
+        self.tls_resumed = 0  # logins whose handshake resumed an earlier session
         self.dialect = dialects.get(plan.dialect)
         self.pad = b"x" * plan.pad_bytes
         self.clients: list[Client] = []
@@ -393,6 +396,19 @@ class Worker:
         if now_us <= self.window_end_us:
             self.window_rx += 1
         self.hist.add(latency_us if latency_us > 0 else 0)
+
+    def note_tls_session(self, transport: Optional[asyncio.Transport]) -> None:
+        """After a login over TLS: keep its session for the next connections to offer."""
+        if not isinstance(self.tls, ResumingContext) or transport is None:
+            return
+        obj = transport.get_extra_info("ssl_object")
+        if not isinstance(obj, ssl.SSLObject):
+            return
+        if obj.session_reused:
+            self.tls_resumed += 1
+        elif obj.session is not None and obj.session.has_ticket:
+            # Arrives after the TLS 1.3 handshake; the login's reply came after it.
+            self.tls.session = obj.session
 
     def note_ack(self, gid: int) -> None:
         if gid in self.senders:
@@ -490,6 +506,7 @@ class Worker:
             "first": min(marks) if marks else None,
             "last": max(marks) if marks else None,
             "slow_ports": [c.local_port for c in fresh if c.spec.role == ROLE_SLOW],
+            "tls_resumed": self.tls_resumed,
         }
 
     async def cmd_traffic(self, args: Args) -> Reply:
@@ -707,9 +724,32 @@ def die_with_parent() -> None:
         pass
 
 
-def _client_tls() -> ssl.SSLContext:
+class ResumingContext(ssl.SSLContext):
+    """A client context whose connections offer ``session`` (from an earlier one)."""
+
+    session: Optional[ssl.SSLSession] = None
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: Union[str, bytes, None] = None,
+        session: Optional[ssl.SSLSession] = None,
+    ) -> ssl.SSLObject:
+        # asyncio wraps every connection with wrap_bio and passes no session.
+        return super().wrap_bio(
+            incoming, outgoing, server_side, server_hostname, session or self.session
+        )
+
+
+def _client_tls(resume: bool = False) -> ssl.SSLContext:
     """The load's TLS: a throw-away certificate, so no verification."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = (
+        ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+        if resume
+        else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    )
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx

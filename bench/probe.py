@@ -6,7 +6,9 @@ queueing (both chatsvc and ngIRCd show p99 near 5 ms there).  This probe asks
 the kernel for the arrival time of every segment (``SO_TIMESTAMPNS``), so what
 it reports is send-to-arrival time: the server plus loopback TCP, not the
 reader.  One sender process sends at a fixed rate; one process with epoll
-reads all receivers.
+reads all receivers.  Over TLS (``--targets chatsvc-tls``) the receivers keep
+their record layer in memory over the plain socket, and a line counts as
+arrived with the segment that completed its record.
 
 The floor: the same sender process also holds the other ends of R more
 connections to the reading process (no server in between), and every other
@@ -40,13 +42,14 @@ import json
 import multiprocessing
 import select
 import socket
+import ssl
 import statistics
 import struct
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from bench.targets import HOST, make_target
 
@@ -57,9 +60,61 @@ LOGIN_SECONDS = 10.0
 DRAIN_SECONDS = 10.0
 
 
-def login(port: int, name: str, irc: bool) -> socket.socket:
+# A TLS receiver: its own record layer in memory over the plain socket, so the
+# socket still gives the kernel's arrival time of every segment.
+TlsReceiver = tuple[ssl.SSLObject, ssl.MemoryBIO]
+
+
+def client_tls() -> ssl.SSLContext:
+    """The probe's TLS: the target's certificate is a throw-away one, not checked."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def tls_login(port: int, name: str) -> tuple[socket.socket, TlsReceiver]:
+    """Log in over TLS (chatsvc-tls), the handshake done in memory."""
     s = socket.create_connection((HOST, port), timeout=LOGIN_SECONDS)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = client_tls().wrap_bio(incoming, outgoing)
+    deadline = time.monotonic() + LOGIN_SECONDS
+    buf = b""
+    sent = False
+    while True:
+        try:
+            if not sent:
+                obj.do_handshake()
+                obj.write(name.encode() + b"\n")
+                sent = True
+            while True:
+                chunk = obj.read(65536)
+                if not chunk:
+                    raise ConnectionError(f"{name}: closed during login")
+                buf += chunk
+        except ssl.SSLWantReadError:
+            pass
+        out = outgoing.read()
+        if out:
+            s.sendall(out)
+        if b"* hello " in buf:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} could not log in")
+        data = s.recv(65536)
+        if not data:
+            raise ConnectionError(f"{name}: closed during login")
+        incoming.write(data)
+    s.settimeout(None)
+    return s, (obj, incoming)
+
+
+def login(port: int, name: str, irc: bool, tls: bool = False) -> socket.socket:
+    s: socket.socket = socket.create_connection((HOST, port), timeout=LOGIN_SECONDS)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls:  # the sender: an ordinary TLS socket
+        s = client_tls().wrap_socket(s)
     if irc:
         s.sendall(f"NICK {name}\r\nUSER {name} 0 * :{name}\r\nJOIN #lobby\r\n".encode())
         done = b" 366 "  # end of NAMES: joined
@@ -81,11 +136,31 @@ def is_floor(k: int, turn: int) -> bool:
     return (k // turn) % 2 == 1
 
 
+def drain_echo(s: socket.socket) -> None:
+    """Read our own echo (chatsvc) without waiting, so it does not pile up."""
+    if isinstance(s, ssl.SSLSocket):
+        while s.pending() or select.select([s], [], [], 0)[0]:
+            if not s.recv(65536):
+                return
+        return
+    try:
+        while s.recv(65536, socket.MSG_DONTWAIT):
+            pass
+    except BlockingIOError:
+        pass
+
+
 def sender(
-    port: int, floor_port: int, irc: bool, receivers: int, plan: tuple[float, float, int], go: Any
+    port: int,
+    floor_port: int,
+    irc: bool,
+    receivers: int,
+    plan: tuple[float, float, int],
+    go: Any,
+    tls: bool = False,
 ) -> None:
     rate, seconds, turn = plan
-    s = login(port, "probe_sender", irc)
+    s = login(port, "probe_sender", irc, tls)
     floor = []
     for _ in range(receivers):
         f = socket.create_connection((HOST, floor_port), timeout=LOGIN_SECONDS)
@@ -106,11 +181,7 @@ def sender(
             continue
         text = f"TS={time.time_ns() // 1000} probe"
         s.sendall((f"PRIVMSG #lobby :{text}\r\n" if irc else text + "\n").encode())
-        try:  # our own echo (chatsvc) must not pile up
-            while s.recv(65536, socket.MSG_DONTWAIT):
-                pass
-        except BlockingIOError:
-            pass
+        drain_echo(s)
     s.close()
     for f in floor:
         f.close()
@@ -125,14 +196,22 @@ def run(target: str, receivers: int, rate: float, seconds: float, turn: int) -> 
     plan = (rate, seconds, turn)
     server = make_target(name, module or "chatsvc")
     with tempfile.TemporaryDirectory() as work, server.running(Path(work)) as ep:
-        socks = [login(ep.port, f"probe{i}", irc) for i in range(receivers)]
+        tls: dict[int, TlsReceiver] = {}
+        socks: list[socket.socket] = []
+        for i in range(receivers):
+            if ep.tls:
+                sock, receiver = tls_login(ep.port, f"probe{i}")
+                tls[sock.fileno()] = receiver
+            else:
+                sock = login(ep.port, f"probe{i}", irc)
+            socks.append(sock)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
             listener.bind((HOST, 0))
             listener.listen(receivers)
             listener.settimeout(LOGIN_SECONDS)
             proc = multiprocessing.Process(
                 target=sender,
-                args=(ep.port, listener.getsockname()[1], irc, receivers, plan, go),
+                args=(ep.port, listener.getsockname()[1], irc, receivers, plan, go, ep.tls),
                 daemon=True,
             )
             proc.start()
@@ -141,7 +220,7 @@ def run(target: str, receivers: int, rate: float, seconds: float, turn: int) -> 
                 socks += floor
                 expected = (total - to_floor) * receivers, to_floor * receivers
                 pressure = cpu_pressure_us(), time.monotonic()
-                got, last = collect(socks, floor, go, expected, seconds + DRAIN_SECONDS)
+                got, last = collect(socks, floor, go, expected, seconds + DRAIN_SECONDS, tls)
                 waited = cpu_pressure_us() - pressure[0] if pressure[0] >= 0 else -1
                 elapsed = time.monotonic() - pressure[1]
             finally:
@@ -215,9 +294,14 @@ def collect(
     go: Any,
     expected: tuple[int, int],
     seconds: float,
+    tls: Optional[dict[int, TlsReceiver]] = None,
 ) -> tuple[tuple[list[int], list[int]], tuple[dict[int, int], dict[int, int]]]:
     """Latencies in µs (kernel arrival minus send time in the line), server's and
-    floor's; and for each message sent (by its send time) the latest arrival."""
+    floor's; and for each message sent (by its send time) the latest arrival.
+
+    A TLS receiver's line counts as arrived with the segment that completed its
+    record: decrypting it here is the reader's time, which is left out."""
+    tls = tls or {}
     poller = select.epoll()
     by_fd: dict[int, socket.socket] = {}
     for s in socks:
@@ -242,6 +326,8 @@ def collect(
                     if kind == SO_TIMESTAMPNS:
                         sec, nsec = TIMESPEC.unpack(payload[: TIMESPEC.size])
                         arrived = (sec * 1_000_000_000 + nsec) // 1000
+                if fd in tls:
+                    data = decrypt(tls[fd], data)
                 *lines, partial[fd] = (partial.get(fd, b"") + data).split(b"\n")
                 into, latest = latencies[fd in floor_fds], last[fd in floor_fds]
                 for line in lines:
@@ -254,6 +340,22 @@ def collect(
     finally:
         poller.close()
     return latencies, last
+
+
+def decrypt(receiver: TlsReceiver, data: bytes) -> bytes:
+    """The plaintext of every record that ``data`` completes."""
+    obj, incoming = receiver
+    incoming.write(data)
+    out: list[Union[bytes, bytearray]] = []
+    while True:
+        try:
+            chunk = obj.read(65536)
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            break
+        if not chunk:
+            break
+        out.append(chunk)
+    return b"".join(out)
 
 
 def summary(records: list[dict[str, Any]]) -> str:

@@ -162,6 +162,7 @@ def rig(
             endpoint.dialect,
             ack_room,
             tls=endpoint.tls,
+            tls_resume=endpoint.tls_resume,
         )
         holder: list[Rig] = []
         fleet = Fleet(plans, tick=lambda: holder[0].tick() if holder else None)
@@ -196,6 +197,7 @@ def login(s: Rig, clients: int, in_flight: int = IN_FLIGHT) -> Reply:
         "hist": hist,
         "elapsed": (max(lasts) - min(firsts)) if firsts and lasts else None,
         "slow_ports": [port for r in replies for port in r["slow_ports"]],
+        "tls_resumed": sum(r["tls_resumed"] for r in replies),
     }
 
 
@@ -295,6 +297,25 @@ def cpu_use(
     }
 
 
+def cpu_per(
+    before: tuple[float, float, float],
+    after: tuple[float, float, float],
+    count: int,
+    unit: str,
+    suffix: str = "",
+) -> Figures:
+    """CPU time per ``unit`` (login, delivery) of the server and of the load generator, µs.
+
+    What a wall-clock rate cannot tell apart on a machine the server shares with
+    its load: the server's own cost, e.g. of TLS, whatever the generator's costs.
+    """
+    per: Figures = {}
+    for side, index in (("server", 1), ("loadgen", 2)):
+        used = after[index] - before[index]
+        per[f"{side}_cpu_us_per_{unit}{suffix}"] = round(1e6 * used / count, 2) if count else None
+    return per
+
+
 def latency(hist: Histogram, suffix: str = "") -> Figures:
     return {key + suffix: value for key, value in hist.summary_ms().items()}
 
@@ -308,7 +329,9 @@ def run_idle(target: Target, ctx: RunContext, p: IdleParams) -> Figures:
         s.fleet.sleep(0.5)
         base = s.watch.now()
         overflows = tcp_counter("ListenOverflows")
+        cpu_before = s.cpu()
         result = login(s, p.clients, p.in_flight)
+        cpu_after = s.cpu()
         overflows = tcp_counter("ListenOverflows") - overflows
         s.fleet.sleep(1.0)  # let the server settle before reading its memory
         after = s.watch.now()
@@ -328,6 +351,8 @@ def run_idle(target: Target, ctx: RunContext, p: IdleParams) -> Figures:
         "rss_base_mb": mb(base.rss_kb),
         "rss_mb": mb(after.rss_kb),
         "rss_per_client_kb": round((after.rss_kb - base.rss_kb) / ok, 1) if ok else None,
+        **cpu_per(cpu_before, cpu_after, ok, "login"),
+        "tls_resumed": result["tls_resumed"],
         "threads": after.threads,
         "fds": after.fds,
         "all_within_10s": bool(ok == p.clients and elapsed is not None and elapsed <= 10.0),
@@ -347,8 +372,10 @@ def run_saturate(target: Target, ctx: RunContext, p: SaturateParams) -> Figures:
             ctx.log(f"  window {window}")
             before = s.cpu()
             sent = traffic(s, {"mode": "closed", "window": window}, p.seconds)
-            figures.update(cpu_use(before, s.cpu(), f"_w{window}"))
+            after = s.cpu()
+            figures.update(cpu_use(before, after, f"_w{window}"))
             got = drain(s, sent["seq"], room_of, DRAIN_SECONDS)
+            figures.update(cpu_per(before, after, got["window_rx"], "delivery", f"_w{window}"))
             rate = round(got["window_rx"] / p.seconds, 1)
             p99 = got["hist"].summary_ms()["p99_ms"]
             figures[f"delivered_per_s_w{window}"] = rate
@@ -362,6 +389,9 @@ def run_saturate(target: Target, ctx: RunContext, p: SaturateParams) -> Figures:
     figures["p99_ms"] = best[2]
     figures["server_cpu_pct"] = figures[f"server_cpu_pct_w{best[1]}"]
     figures["loadgen_cpu_pct"] = figures[f"loadgen_cpu_pct_w{best[1]}"]
+    for side in ("server", "loadgen"):
+        key = f"{side}_cpu_us_per_delivery"
+        figures[key] = figures[f"{key}_w{best[1]}"]
     return figures
 
 
@@ -617,6 +647,8 @@ SCENARIOS: dict[str, Scenario] = {
             ("login_rate_per_s", H),
             ("login_p99_ms", L),
             ("rss_per_client_kb", L),
+            ("server_cpu_us_per_login", L),
+            ("loadgen_cpu_us_per_login", I_),
             ("threads", I_),
             ("elapsed_s", L),
             ("all_within_10s", H),
@@ -634,6 +666,8 @@ SCENARIOS: dict[str, Scenario] = {
             ("delivered_per_s_w16", H),
             ("delivered_per_s_w64", H),
             ("p99_ms", L),
+            ("server_cpu_us_per_delivery", L),
+            ("loadgen_cpu_us_per_delivery", I_),
         ),
         "closed loop, W unacknowledged messages per sender",
     ),

@@ -2,8 +2,9 @@
 
 - ``chatsvc``: ``python -m chatsvc --config <tmp>/bench.toml --port 0``.
 - ``chatsvc-tls``: the same over TLS only (``[server] plain = false``), with a
-  self-signed certificate made by the ``openssl`` command; the load connects
-  with TLS and does not verify it.
+  self-signed ECDSA P-256 certificate made by the ``openssl`` command; the load
+  connects with TLS and does not verify it.
+- ``chatsvc-tls-resume``: ``chatsvc-tls`` with load that resumes TLS sessions.
 - ``seed``: ``python -m bench.seed_server --port 0``, the naive baseline.
 - ``chatsvc-irc``: the same chatsvc with its IRC listener on, spoken to in IRC.
 - ``ngircd``: ngIRCd in the foreground with a generated config, spoken to in IRC.
@@ -164,12 +165,14 @@ class Endpoint:
     pid: int
     dialect: str
     tls: bool = False
+    tls_resume: bool = False
 
 
 class Target:
     name = ""
     dialect = "chat"
     tls = False
+    tls_resume = False
     #: The field of the ``server_started`` log line that holds the port to use.
     port_field = "port"
 
@@ -201,7 +204,9 @@ class Target:
             )
         try:
             found = _wait_listening(proc, log_path, port, self.port_field)
-            yield Endpoint(self.name, HOST, found, proc.pid, self.dialect, self.tls)
+            yield Endpoint(
+                self.name, HOST, found, proc.pid, self.dialect, self.tls, self.tls_resume
+            )
         finally:
             stop(proc)
 
@@ -270,6 +275,14 @@ class ChatsvcTlsTarget(ChatsvcTarget):
         text += CHATSVC_TLS_CONFIG.format(cert=json.dumps(str(cert)), key=json.dumps(str(key)))
         config.write_text(text, encoding="utf-8")
         return argv, port
+
+
+class ChatsvcTlsResumeTarget(ChatsvcTlsTarget):
+    """``chatsvc-tls`` with load that resumes TLS sessions (TLS 1.3 tickets): each
+    load process's first login makes a full handshake, later ones offer its session."""
+
+    name = "chatsvc-tls-resume"
+    tls_resume = True
 
 
 class ChatsvcIrcTarget(ChatsvcTarget):
@@ -370,6 +383,8 @@ def make_target(
         return ChatsvcTarget(chatsvc_module, log_level)
     if name == "chatsvc-tls":
         return ChatsvcTlsTarget(chatsvc_module, log_level)
+    if name == "chatsvc-tls-resume":
+        return ChatsvcTlsResumeTarget(chatsvc_module, log_level)
     if name == "chatsvc-irc":
         return ChatsvcIrcTarget(chatsvc_module, log_level)
     if name == "seed":
@@ -381,7 +396,15 @@ def make_target(
     raise ValueError(f"unknown target {name!r} ({', '.join(TARGET_NAMES)})")
 
 
-TARGET_NAMES = ("chatsvc", "chatsvc-tls", "chatsvc-irc", "seed", "ngircd", "inspircd")
+TARGET_NAMES = (
+    "chatsvc",
+    "chatsvc-tls",
+    "chatsvc-tls-resume",
+    "chatsvc-irc",
+    "seed",
+    "ngircd",
+    "inspircd",
+)
 
 
 def free_port() -> int:

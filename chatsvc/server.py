@@ -472,8 +472,37 @@ class ChatServer:
     ) -> None:
         try:
             block_process_signals()
-            if channel is None or self._handshake(session.member, channel):
-                session.run()
+            if channel is not None:
+                if not self._handshake(session.member, channel):
+                    return
+                if self._continue_in_new_thread(session):
+                    return
+            session.run()
+        finally:
+            self._session_ended()
+
+    def _continue_in_new_thread(self, session: Union[Session, irc.IrcSession]) -> bool:
+        """Run an established TLS session in a fresh reader thread; False: run it here.
+
+        The handshake leaves memory behind in the thread that ran it, for as long
+        as that thread lives: the chunks OpenSSL freed sit in glibc's per-thread
+        cache, and OpenSSL keeps per-thread random generators.  ~25 KiB per
+        client (docs/tls.md, "Costs"); a thread that ends gives them back, so the
+        handshake's thread ends and the session goes on in a new one.
+        """
+        with self._live_lock:
+            self._live += 1
+        try:
+            _thread.start_new_thread(self._run_established, (session,))
+        except RuntimeError:
+            self._session_ended()
+            return False
+        return True
+
+    def _run_established(self, session: Union[Session, irc.IrcSession]) -> None:
+        try:
+            block_process_signals()
+            session.run()
         finally:
             self._session_ended()
 

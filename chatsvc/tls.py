@@ -194,7 +194,17 @@ class TlsChannel:
     by the reader, before its session starts.
     """
 
-    __slots__ = ("_in", "_obj", "_out", "established", "lock", "nudge", "sock")
+    __slots__ = (
+        "_end",
+        "_in",
+        "_obj",
+        "_out",
+        "_starved",
+        "established",
+        "lock",
+        "nudge",
+        "sock",
+    )
 
     def __init__(self, ctx: ssl.SSLContext, sock: socket.socket) -> None:
         self.sock = sock
@@ -203,6 +213,12 @@ class TlsChannel:
         self._out = ssl.MemoryBIO()
         self._obj = ctx.wrap_bio(self._in, self._out, server_side=True)
         self.established = False
+        # How reading ended after plaintext already returned: None (it has not),
+        # "" (close_notify) or a TLS failure's reason.
+        self._end: Optional[str] = None
+        # The last read wanted more ciphertext than the incoming BIO had: reading
+        # again before more is written would only say so again.
+        self._starved = False
         # Set by the server: asks the writer to send ciphertext made while reading.
         self.nudge: Callable[[], None] = _nothing
 
@@ -212,8 +228,14 @@ class TlsChannel:
         """Complete the server handshake by ``deadline`` (monotonic); TlsError if not."""
         sock = self.sock
         while True:
+            # A server's handshake starts with the client's hello: nothing to do
+            # before some of it is in (asking OpenSSL first only raises WantRead).
+            data = _recv_by(sock, deadline)
+            if not data:
+                raise TlsError("closed during handshake")
             failure: Optional[str] = None
             with self.lock:
+                self._in.write(data)
                 try:
                     self._obj.do_handshake()
                     done = True
@@ -234,11 +256,6 @@ class TlsChannel:
             if done:
                 self.established = True
                 return
-            data = _recv_by(sock, deadline)
-            if not data:
-                raise TlsError("closed during handshake")
-            with self.lock:
-                self._in.write(data)
 
     def details(self) -> tuple[str, str]:
         """(version, cipher) once established."""
@@ -248,27 +265,31 @@ class TlsChannel:
         return version, cipher[0] if cipher else ""
 
     def recv(self) -> bytes:
-        """Plaintext, blocking until some arrives; b"" at EOF.  OSError on a TLS error."""
+        """Plaintext, blocking until some arrives; b"" at EOF.  OSError on a TLS error.
+
+        Returns the plaintext of every whole record received so far at once (one
+        ``SSLObject.read`` per record, then one that finds no whole record), and
+        goes straight to ``recv`` when nothing came in since that last one.
+        (Whether a whole record is waiting cannot be told from the incoming BIO:
+        OpenSSL may already have taken the next record's bytes out of it.)
+        """
         sock = self.sock
         while True:
-            failure: Optional[str] = None
-            data: Optional[bytes] = None
+            if self._end is not None:
+                if self._end:
+                    raise ConnectionResetError(f"TLS error: {self._end}")
+                return b""
+            data, ended = b"", False
             with self.lock:
-                try:
-                    data = self._obj.read(RECORD)
-                except ssl.SSLWantReadError:
-                    pass
-                except ssl.SSLZeroReturnError:  # close_notify
-                    data = b""
-                except ssl.SSLError as exc:
-                    failure = _ssl_reason(exc)
+                if not self._starved:
+                    data, ended = self._read_records()
                 pending = self._out.pending
             if pending:
                 self.nudge()  # e.g. a key-update reply or an alert: the writer sends it
-            if failure is not None:
-                raise ConnectionResetError(f"TLS error: {failure}")
-            if data is not None:
+            if data:
                 return data
+            if ended:
+                continue
             raw = sock.recv(RECV_SIZE)
             if len(raw) == RECV_SIZE:
                 try:
@@ -279,6 +300,29 @@ class TlsChannel:
                 return b""  # EOF, with or without close_notify: the client is gone
             with self.lock:
                 self._in.write(raw)
+                self._starved = False
+
+    def _read_records(self) -> tuple[bytes, bool]:
+        """The plaintext of the whole records in the incoming buffer (lock held), and
+        whether reading has ended: a close_notify or failure is kept in ``_end``.
+        """
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = self._obj.read(RECORD)
+            except ssl.SSLWantReadError:
+                self._starved = True
+                break
+            except ssl.SSLZeroReturnError:  # close_notify (some versions raise)
+                chunk = b""
+            except ssl.SSLError as exc:
+                self._end = _ssl_reason(exc) or "record layer failure"
+                break
+            if not chunk:  # close_notify
+                self._end = ""
+                break
+            chunks.append(chunk)
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), self._end is not None
 
     # --- the writer thread -------------------------------------------------------
 

@@ -43,9 +43,17 @@ def test_quick_fanout_against_seed_delivers_every_message() -> None:
 def test_quick_idle_over_tls_logs_every_client_in() -> None:
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is not installed (chatsvc-tls needs it)")
-    argv = [sys.executable, "-m", "bench", "--scenario", "idle", "--tls", "--targets", "chatsvc"]
+    argv = [sys.executable, "-m", "bench", "--scenario", "idle", "--tls", "--quick"]
     proc = subprocess.run(
-        [*argv, "--quick", "--workers", "1", "--idle-clients", "50"],
+        [
+            *argv,
+            "--targets",
+            "chatsvc,chatsvc-tls-resume",
+            "--workers",
+            "1",
+            "--idle-clients",
+            "120",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -55,9 +63,18 @@ def test_quick_idle_over_tls_logs_every_client_in() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [(r["scenario"], r["target"], r["status"]) for r in records] == [
-        ("idle", "chatsvc-tls", "ok")
+        ("idle", "chatsvc-tls", "ok"),
+        ("idle", "chatsvc-tls-resume", "ok"),
     ], proc.stderr[-3000:]
-    assert records[0]["figures"]["ok"] == 50
+    full, resumed = (r["figures"] for r in records)
+    assert full["ok"] == resumed["ok"] == 120
+    # CPU per login of each side, from /proc.  With 50 logins in flight, those
+    # that start before the first one is done make full handshakes; the later
+    # ones resume its session.
+    assert full["server_cpu_us_per_login"] is not None
+    assert resumed["loadgen_cpu_us_per_login"] is not None
+    assert full["tls_resumed"] == 0
+    assert 0 < resumed["tls_resumed"] <= 119
 
 
 @pytest.mark.timeout(60)
@@ -80,6 +97,29 @@ def test_probe_measures_a_target_against_the_floor_in_the_same_run() -> None:
     assert seed["floor_delivered"] == seed["floor_expected"] == 50 * 20
     assert seed["p99_x_floor"] == round(seed["p99_ms"] / seed["floor_p99_ms"], 2)
     assert "| seed | 1 |" in proc.stderr  # the summary table
+
+
+@pytest.mark.timeout(90)
+def test_probe_over_tls_times_what_tls_receivers_get() -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed (chatsvc-tls needs it)")
+    argv = [sys.executable, "-m", "bench.probe", "--targets", "chatsvc-tls", "--repeat", "1"]
+    proc = subprocess.run(
+        [*argv, "--receivers", "10", "--rate", "100", "--seconds", "1", "--turn", "10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["target"], r["status"]) for r in records] == [("chatsvc-tls", "ok")], proc.stdout
+    (tls,) = records
+    # every line decrypted and timed at the receivers; the floor stays plain TCP
+    assert tls["delivered"] == tls["expected"] == 50 * 10
+    assert tls["floor_delivered"] == tls["floor_expected"] == 50 * 10
+    assert 0 < tls["p50_ms"] <= tls["p99_ms"]
 
 
 @pytest.mark.timeout(150)

@@ -31,6 +31,7 @@ from tests.e2e.helpers import (
     RawClient,
     ServerProcess,
     abort,
+    blocked_signals,
     logged_in,
     wait_until,
     write_config,
@@ -792,6 +793,37 @@ def test_tls13_key_update_requested_by_the_client(tls_server: StartTls, pki: Pki
 # Each holds a reader thread in its handshake, and a descriptor here and in the
 # server: a thousand where the descriptor limit allows, else as many as fit.
 HALF_OPEN = min(1000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2 - 100)
+
+
+def server_threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(ln.split()[1]) for ln in fh if ln.startswith("Threads:"))
+
+
+def test_tls_sessions_hand_over_threads_without_leaks(tls_server: StartTls) -> None:
+    """After its handshake a TLS session goes on in a fresh thread (docs/tls.md,
+    "Costs"): every session still has one thread that blocks the process's
+    signals, none is left behind, and a stop still waits for them all."""
+    srv = tls_server()
+    pid = srv.proc.proc.pid
+    base = server_threads(pid)
+    clients = [srv.tls(f"t{i}") for i in range(20)]
+    with srv.plain("bob") as bob:
+        wait_until(lambda: server_threads(pid) == base + 21, what="one thread per session")
+        for tid, blocked in blocked_signals(pid).items():
+            if tid != pid:
+                assert {signal.SIGTERM, signal.SIGHUP, signal.SIGINT} <= blocked, tid
+        for i, c in enumerate(clients):
+            chatting(c, bob, f"from t{i}")
+        for c in clients[:15]:
+            c.close()
+        wait_until(lambda: server_threads(pid) == base + 6, what="threads of closed sessions gone")
+        srv.proc.proc.send_signal(signal.SIGTERM)
+        bob.expect_eof(10)
+    for c in clients[15:]:
+        c.expect_eof(10)
+        c.close()
+    assert srv.proc.wait_exit(15) == 0
 
 
 @pytest.mark.timeout(120)

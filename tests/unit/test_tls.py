@@ -3,6 +3,7 @@ over a real socketpair (the writer's TLS path included)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -279,6 +280,98 @@ def test_channel_handshake_and_both_directions(
     assert peer.ssl.recv(100) == b""  # the client sees a clean TLS close
     peer.ssl.close()
     assert ch.recv() == b""
+
+
+class MemoryPeer:
+    """The client end with its record layer in memory: the test decides which
+    ciphertext goes out in which ``send``."""
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext) -> None:
+        self.sock = sock
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        self.error: BaseException | None = None
+
+    def handshake(self) -> threading.Thread:
+        def run() -> None:
+            try:
+                while True:
+                    try:
+                        self.obj.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        self.sock.sendall(self.outgoing.read())
+                        self.incoming.write(self.sock.recv(65536))
+                self.sock.sendall(self.outgoing.read())
+            except BaseException as exc:
+                self.error = exc
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    def records(self, *lines: bytes) -> bytes:
+        """Ciphertext: one record per line."""
+        out = b""
+        for line in lines:
+            self.obj.write(line)
+            out += self.outgoing.read()
+        return out
+
+    def close_notify(self) -> bytes:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.obj.unwrap()
+        return self.outgoing.read()
+
+
+def established(
+    pki: Pki, pair: tuple[socket.socket, socket.socket]
+) -> tuple[tls.TlsChannel, MemoryPeer]:
+    server, other = pair
+    ch = tls.TlsChannel(tls.server_context(tls_cfg(pki)), server)
+    peer = MemoryPeer(other, client_context(pki.ca))
+    t = peer.handshake()
+    ch.handshake(time.monotonic() + 10)
+    t.join(10)
+    assert peer.error is None and ch.established
+    return ch, peer
+
+
+def test_every_whole_record_received_comes_back_at_once(
+    pki: Pki, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ch, peer = established(pki, pair)
+    lines = [b"line %d\n" % i for i in range(40)]
+    data = peer.records(*lines)
+    # whole records and the first half of one more, in one send
+    half = peer.records(b"the rest comes later\n")
+    peer.sock.sendall(data + half[:10])
+    assert ch.recv() == b"".join(lines)
+    peer.sock.sendall(half[10:])
+    assert ch.recv() == b"the rest comes later\n"
+
+
+def test_close_notify_after_data_ends_the_stream_after_that_data(
+    pki: Pki, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ch, peer = established(pki, pair)
+    peer.sock.sendall(peer.records(b"last words\n", b"really\n") + peer.close_notify())
+    assert ch.recv() == b"last words\nreally\n"
+    assert ch.recv() == b""
+    assert ch.recv() == b""  # and stays ended
+
+
+def test_a_broken_record_after_data_is_an_error_after_that_data(
+    pki: Pki, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ch, peer = established(pki, pair)
+    good = peer.records(b"fine\n")
+    bad = bytearray(peer.records(b"tampered with\n"))
+    bad[-1] ^= 0xFF  # the record's authentication tag no longer matches
+    peer.sock.sendall(good + bytes(bad))
+    assert ch.recv() == b"fine\n"
+    with pytest.raises(ConnectionResetError, match="TLS error"):
+        ch.recv()
 
 
 def test_channel_handshake_times_out_on_a_silent_client(
