@@ -131,6 +131,13 @@ def tls_server(tmp_path: Path, short_tmp: Path, pki: Pki) -> Iterator[StartTls]:
         p.kill()
 
 
+def who(c: RawClient) -> list[str]:
+    """The names in ``c``'s room, from ``/who`` (other lines before the answer are skipped)."""
+    c.send("/who")
+    first = c.expect(re.compile(r"^\* in \S+ \(\d+\): "))
+    return [n.strip() for n in first.split(": ", 1)[1].split(",")]
+
+
 def chatting(a: RawClient, b: RawClient, text: str) -> None:
     """``a`` says ``text`` and ``b`` (in the same room) sees it."""
     a.send(text)
@@ -721,7 +728,9 @@ def test_renegotiation_is_refused_and_harms_nobody(tls_server: StartTls, pki: Pk
             # it read first (the server's alert, or chat data where it wanted a
             # handshake message: then it may stay): end of input makes it leave.
             out, _ = proc.communicate(timeout=10)
-            bob.expect("mallory left lobby")
+            # (bob's "mallory left lobby" may already have gone by while chatting()
+            # read up to its line: ask the room instead)
+            wait_until(lambda: "mallory" not in who(bob), interval=0.25, what="mallory gone")
         finally:
             if proc.poll() is None:
                 proc.kill()
