@@ -44,6 +44,26 @@ TIMESPEC = struct.Struct("qq")
 START_TIMEOUT = 15.0
 
 
+def started_port(proc: subprocess.Popen[bytes], name: str) -> int:
+    """The port of a chatsvc node's ``server_started`` line on its stderr (a pipe);
+    then the pipe is kept drained.  SystemExit if it ends or is silent too long."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name} did not start")
+        line = proc.stderr.readline()
+        if not line:
+            raise SystemExit(f"{name} exited at start")
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "server_started":
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep it drained
+            return int(event["port"])
+
+
 @contextmanager
 def redis_server(work: Path, appendfsync: str) -> Iterator[str]:
     exe = shutil.which("redis-server")
@@ -97,24 +117,8 @@ def chatsvc_node(work: Path, name: str, redis_sock: Optional[str]) -> Iterator[i
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    assert proc.stderr is not None
     try:
-        port = 0
-        deadline = time.monotonic() + START_TIMEOUT
-        while not port:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{name} did not start")
-            line = proc.stderr.readline()
-            if not line:
-                raise SystemExit(f"{name} exited at start")
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "server_started":
-                port = int(event["port"])
-        threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep it drained
-        yield port
+        yield started_port(proc, name)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

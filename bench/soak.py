@@ -24,18 +24,17 @@ notice are counted apart (``excused``).  Loopback only, everything bounded.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from bench.cluster import started_port
 from bench.nemesis import FaultProxy, LoggingClient, Session, check, session_of
 
 ROOMS = ("lobby", "work", "support", "team")
@@ -131,21 +130,7 @@ class Node:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        port = 0
-        while not port:
-            line = self.proc.stderr.readline()
-            if not line or time.monotonic() > deadline:
-                raise SystemExit(f"node {self.name} did not start")
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "server_started":
-                port = int(event["port"])
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # keep it drained
-        self.port = port
+        self.port = started_port(self.proc, f"node {self.name}")
         self.starts += 1
 
     @property
